@@ -1,0 +1,27 @@
+# Runtime shared by every vistok config.
+default_scope = 'vistok'
+
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    # vistok's CheckpointHook: atomic writes, never deletes the last good one
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000,
+                    max_keep_ckpts=3),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+)
+
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    # backend=None: NCCL with GPUs, gloo without (vistok.engine.dist)
+    dist_cfg=dict(backend=None),
+)
+
+log_processor = dict(by_epoch=False, window_size=50)
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(type='Visualizer', vis_backends=vis_backends)
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=0, deterministic=False)

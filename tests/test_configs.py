@@ -1,0 +1,42 @@
+"""Every config under configs/ and projects/*/configs/ loads and builds its
+model (DESIGN §4)."""
+import glob
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+
+from _helpers import REPO_ROOT
+
+CONFIGS = sorted(
+    p for pattern in ('configs/**/*.py', 'projects/*/configs/**/*.py')
+    for p in glob.glob(osp.join(REPO_ROOT, pattern), recursive=True)
+    if '_base_' not in p.split(osp.sep))
+
+
+def test_configs_are_found():
+    assert len(CONFIGS) >= 3
+
+
+@pytest.mark.parametrize('path', CONFIGS,
+                         ids=[osp.relpath(p, REPO_ROOT) for p in CONFIGS])
+def test_config_builds_its_model(path):
+    import vistok.models  # noqa: F401
+    from vistok.registry import MODELS
+    cfg = Config.fromfile(path)
+    assert cfg.default_scope == 'vistok'
+    name = osp.splitext(osp.basename(path))[0]
+    assert len(name.split('_')) >= 5, (
+        f'{name} does not follow {{algorithm}}_{{quantizer}}-{{codebook}}_'
+        '{backbone}_{gpus}xb{batch}-{schedule}_{data}-{res}')
+    with DefaultScope.overwrite_default_scope('vistok'):
+        model = MODELS.build(cfg.model)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    batch = cfg.train_dataloader.batch_size
+    assert f'xb{batch}-' in name, f'{name}: batch size is {batch}'
+    with torch.no_grad():
+        images = torch.rand(1, 3, 64, 64) * 2 - 1
+        assert model(images, mode='tensor').reconstruction.shape == \
+            images.shape

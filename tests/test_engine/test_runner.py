@@ -1,0 +1,186 @@
+"""Training-engine behaviour: exact resume, checkpoint safety, --amp on CPU,
+distributed training on CPU."""
+import hashlib
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+
+from _helpers import REPO_ROOT, subprocess_env
+from vistok.apis import apply_cli_options, build_runner
+from vistok.utils.checkpoint import CheckpointLoadError, load_checkpoint_file
+
+TINY = osp.join(REPO_ROOT, 'tests/data/configs/tiny_vqvae.py')
+
+
+class RecordLosses(Hook):
+    priority = 'LOWEST'
+
+    def __init__(self, crash_after=None):
+        self.losses = {}
+        self.crash_after = crash_after
+        self.initial_weights = None
+
+    def before_train(self, runner):
+        self.initial_weights = weights(runner)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None):
+        self.losses[runner.iter + 1] = {k: float(v) for k, v in
+                                        outputs.items()}
+        if self.crash_after == runner.iter + 1:
+            raise KeyboardInterrupt('simulated crash')
+
+
+def run(work_dir, name, *, resume=None, crash_after=None, amp=False,
+        options=None):
+    cfg = Config.fromfile(TINY)
+    apply_cli_options(cfg, work_dir=str(work_dir), resume=resume, amp=amp,
+                      cfg_options=options)
+    cfg.experiment_name = name
+    runner = build_runner(cfg)
+    recorder = RecordLosses(crash_after)
+    runner.register_hook(recorder)
+    try:
+        runner.train()
+    except KeyboardInterrupt:
+        pass
+    runner.initial_weights = recorder.initial_weights
+    return runner, recorder.losses
+
+
+def weights(runner):
+    return {k: v.clone() for k, v in runner.model.state_dict().items()}
+
+
+def digest(directory):
+    return {name: hashlib.sha256(open(osp.join(directory, name), 'rb')
+                                 .read()).hexdigest()
+            for name in sorted(os.listdir(directory))
+            if name.endswith('.pth') or name == 'last_checkpoint'}
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp('full')
+    runner, losses = run(work_dir, 'full')
+    # max_keep_ckpts=2: the oldest is removed once newer ones are complete
+    assert sorted(p for p in os.listdir(work_dir) if p.endswith('.pth')) == \
+        ['iter_12.pth', 'iter_8.pth']
+    return weights(runner), losses
+
+
+def test_resume_auto_continues_exactly(tmp_path, uninterrupted):
+    full_weights, full_losses = uninterrupted
+    assert len(full_losses) == 12
+    _, first = run(tmp_path, 'part1', crash_after=10)
+    assert {'iter_4.pth', 'iter_8.pth'} <= set(os.listdir(tmp_path))
+    runner, second = run(tmp_path, 'part2', resume='auto')
+    assert sorted(second) == [9, 10, 11, 12]
+    for it in range(1, 9):
+        assert first[it] == full_losses[it]
+    for it in range(9, 13):
+        assert second[it] == full_losses[it], it
+    resumed = weights(runner)
+    assert all(torch.equal(resumed[k], full_weights[k]) for k in resumed)
+
+
+def test_resume_without_rng_restore_would_differ(tmp_path, uninterrupted):
+    """Guard that the exact-resume test can fail: dropout and augmentation
+    make iterations depend on the RNG streams."""
+    _, full_losses = uninterrupted
+    _, shifted = run(tmp_path, 'seed1', options={'randomness.seed': 1})
+    assert shifted[1] != full_losses[1]
+
+
+def test_crash_during_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import vistok.engine.runner as runner_module
+    real_save = runner_module.save_checkpoint_atomic
+    calls = []
+
+    def crashing_save(checkpoint, filename):
+        calls.append(filename)
+        if len(calls) == 3:  # the save at iteration 12 dies mid-way
+            raise KeyboardInterrupt('killed while saving')
+        real_save(checkpoint, filename)
+
+    monkeypatch.setattr(runner_module, 'save_checkpoint_atomic', crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        cfg = Config.fromfile(TINY)
+        apply_cli_options(cfg, work_dir=str(tmp_path))
+        cfg.experiment_name = 'crash_save'
+        build_runner(cfg).train()
+    # mmengine would already have deleted iter_4 (max_keep_ckpts=2) and
+    # pointed last_checkpoint at the missing iter_12.pth
+    assert osp.isfile(tmp_path / 'iter_4.pth')
+    assert osp.isfile(tmp_path / 'iter_8.pth')
+    assert not osp.exists(tmp_path / 'iter_12.pth')
+    last = open(tmp_path / 'last_checkpoint').read().strip()
+    assert last.endswith('iter_8.pth')
+    assert load_checkpoint_file(last)['meta']['iter'] == 8
+
+
+def test_resume_auto_skips_corrupt_newest(tmp_path):
+    run(tmp_path, 'c1', crash_after=9)
+    data = (tmp_path / 'iter_8.pth').read_bytes()
+    (tmp_path / 'iter_8.pth').write_bytes(data[:len(data) // 3])
+    runner, losses = run(tmp_path, 'c2', resume='auto',
+                         options={'train_cfg.max_iters': 6})
+    assert runner.iter == 6 and sorted(losses) == [5, 6]  # resumed from 4
+
+
+def test_corrupt_checkpoint_fails_clearly_and_leaves_work_dir(tmp_path):
+    run(tmp_path, 'd1', crash_after=9)
+    bad = tmp_path / 'bad.pth'
+    bad.write_bytes((tmp_path / 'iter_8.pth').read_bytes()[:1000])
+    before = digest(tmp_path)
+    for kind in ('resume', 'load_from'):
+        cfg = Config.fromfile(TINY)
+        apply_cli_options(cfg, work_dir=str(tmp_path),
+                          **{kind: str(bad)})
+        cfg.experiment_name = f'd2_{kind}'
+        with pytest.raises(CheckpointLoadError, match='bad.pth.*corrupt'):
+            build_runner(cfg).train()
+        assert digest(tmp_path) == before
+
+
+def test_amp_on_cpu_uses_bf16_autocast(tmp_path):
+    runner, losses = run(tmp_path, 'amp', amp=True,
+                         options={'train_cfg.max_iters': 2})
+    assert type(runner.optim_wrapper).__name__ == 'AutocastOptimWrapper'
+    assert runner.optim_wrapper.cast_dtype == torch.bfloat16
+    assert all(torch.isfinite(torch.tensor(v['loss'])) for v in
+               losses.values())
+
+
+def test_dist_train_two_cpu_processes_match_one(tmp_path):
+    """tools/dist_train.sh CONFIG 2 (gloo, 2 x batch 4) reproduces one process
+    with batch 8 (no dropout, GroupNorm, no batch-dependent restarts)."""
+    common = {'model.encoder.dropout': 0.0, 'model.decoder.dropout': 0.0,
+              'train_cfg.max_iters': 3, 'train_cfg.val_interval': 100,
+              'default_hooks.checkpoint.interval': 3}
+    single, _ = run(tmp_path / 'one', 'one', options=dict(
+        common, **{'train_dataloader.batch_size': 8}))
+    options = [f'{k}={v}' for k, v in common.items()]
+    proc = subprocess.run(
+        ['bash', osp.join(REPO_ROOT, 'tools/dist_train.sh'), TINY, '2',
+         '--work-dir', str(tmp_path / 'two'), '--cfg-options', *options,
+         'train_dataloader.batch_size=4'],
+        env=subprocess_env(PYTHON=sys.executable, PORT=29517),
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = load_checkpoint_file(tmp_path / 'two' / 'iter_3.pth')['state_dict']
+    one = single.model.state_dict()
+    assert set(two) == set(one)
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5,
+                                   msg=key)
+    assert any(not torch.equal(one[k], v)
+               for k, v in single.initial_weights.items()), 'nothing trained'
+    log = open(next((tmp_path / 'two').glob('*/*.log'))).read()
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log

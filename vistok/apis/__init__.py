@@ -1,0 +1,3 @@
+from .runner import apply_cli_options, build_runner, enable_amp
+
+__all__ = ['apply_cli_options', 'build_runner', 'enable_amp']

@@ -1,0 +1,18 @@
+"""Datasets, samplers and transforms; importing this module registers them
+all. Images are RGB ``(H, W, 3)`` ``uint8`` arrays until
+:class:`~vistok.datasets.transforms.PackInputs` makes them ``(3, H, W)``
+tensors."""
+from . import samplers, transforms
+from .base import BaseImageDataset, SeededDatasetMixin, build_pipeline
+from .image_folder import ImageFolderDataset
+from .procedural import ProceduralShapesDataset
+from .samplers import ResumableInfiniteSampler, SeededIndex
+from .skimage_photos import SkimagePhotoDataset
+from .webdataset import WebDatasetShards
+
+__all__ = [
+    'BaseImageDataset', 'ImageFolderDataset', 'ProceduralShapesDataset',
+    'ResumableInfiniteSampler', 'SeededDatasetMixin', 'SeededIndex',
+    'SkimagePhotoDataset', 'WebDatasetShards', 'build_pipeline', 'samplers',
+    'transforms'
+]

@@ -1,0 +1,14 @@
+"""mmcv-style transforms registered in vistok's ``TRANSFORMS``.
+
+mmcv's own (``Resize``, ``RandomFlip``, ``CenterCrop``, ...) live in
+mmengine's root ``TRANSFORMS`` and are usable in vistok pipelines too.
+Images are RGB everywhere in vistok.
+"""
+from .formatting import PackInputs
+from .loading import LoadImageRGB, read_image_rgb
+from .processing import RandomCrop, RandomResizedCrop
+
+__all__ = [
+    'LoadImageRGB', 'PackInputs', 'RandomCrop', 'RandomResizedCrop',
+    'read_image_rgb'
+]

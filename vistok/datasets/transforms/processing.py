@@ -1,0 +1,112 @@
+"""Random square crops (mmcv has ``CenterCrop`` and ``Resize`` but no random
+crop). Randomness comes from the global ``np.random``, so the crops are
+reproducible under :func:`vistok.utils.rng.seeded_rng` (see
+:mod:`vistok.datasets.base`). Images are ``(H, W, C)`` or ``(H, W)`` arrays.
+"""
+import math
+from typing import Sequence, Tuple
+
+import mmcv
+import numpy as np
+from mmcv.transforms import BaseTransform
+from mmcv.transforms.utils import cache_randomness
+
+from vistok.registry import TRANSFORMS
+
+
+def _crop(results: dict, x: int, y: int, w: int, h: int) -> None:
+    results['img'] = results['img'][y:y + h, x:x + w]
+    results['img_shape'] = (h, w)
+    results['crop_bbox'] = np.array([x, y, x + w, y + h])
+
+
+@TRANSFORMS.register_module()
+class RandomCrop(BaseTransform):
+    """Crop a random ``size`` x ``size`` window.
+
+    Adds ``crop_bbox`` (``x0, y0, x1, y1``) and updates ``img`` and
+    ``img_shape``. Raises ``ValueError`` when the image is smaller than the
+    crop (put a ``Resize`` first).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+
+    @cache_randomness
+    def _offset(self, height: int, width: int) -> Tuple[int, int]:
+        return (np.random.randint(width - self.size + 1),
+                np.random.randint(height - self.size + 1))
+
+    def transform(self, results: dict) -> dict:
+        height, width = results['img'].shape[:2]
+        if height < self.size or width < self.size:
+            raise ValueError(
+                f'RandomCrop(size={self.size}) got a {height}x{width} image '
+                f'({results.get("img_path", "no img_path")}); resize it first')
+        x, y = self._offset(height, width)
+        _crop(results, x, y, self.size, self.size)
+        return results
+
+    def __repr__(self):
+        return f'{type(self).__name__}(size={self.size})'
+
+
+@TRANSFORMS.register_module()
+class RandomResizedCrop(BaseTransform):
+    """Inception-style crop: a random area fraction and aspect ratio, resized
+    to a ``size`` x ``size`` square (Szegedy et al., 2015; torchvision's
+    algorithm, falling back to a central crop after ``max_attempts``).
+
+    Args:
+        size: output side.
+        scale: range of the crop area as a fraction of the image area.
+        ratio: range of the crop aspect ratio (width / height).
+        max_attempts: rejection-sampling attempts before the fallback.
+        interpolation, backend: ``mmcv.imresize`` options. The default PIL
+            bicubic resize anti-aliases when downsampling; cv2 does not.
+    """
+
+    def __init__(self,
+                 size: int,
+                 scale: Sequence[float] = (0.08, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 max_attempts: int = 10,
+                 interpolation: str = 'bicubic',
+                 backend: str = 'pillow'):
+        self.size = size
+        self.scale = tuple(scale)
+        self.ratio = tuple(ratio)
+        self.max_attempts = max_attempts
+        self.interpolation = interpolation
+        self.backend = backend
+
+    @cache_randomness
+    def _window(self, height: int, width: int) -> Tuple[int, int, int, int]:
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(self.max_attempts):
+            target_area = area * np.random.uniform(*self.scale)
+            aspect = math.exp(np.random.uniform(*log_ratio))
+            w = round(math.sqrt(target_area * aspect))
+            h = round(math.sqrt(target_area / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                return (np.random.randint(width - w + 1),
+                        np.random.randint(height - h + 1), w, h)
+        aspect = min(max(width / height, self.ratio[0]), self.ratio[1])
+        w = min(width, round(height * aspect))
+        h = min(height, round(width / aspect))
+        return (width - w) // 2, (height - h) // 2, w, h
+
+    def transform(self, results: dict) -> dict:
+        height, width = results['img'].shape[:2]
+        _crop(results, *self._window(height, width))
+        results['img'] = mmcv.imresize(
+            results['img'], (self.size, self.size),
+            interpolation=self.interpolation, backend=self.backend)
+        results['img_shape'] = (self.size, self.size)
+        return results
+
+    def __repr__(self):
+        return (f'{type(self).__name__}(size={self.size}, scale={self.scale}, '
+                f'ratio={self.ratio}, interpolation={self.interpolation!r}, '
+                f'backend={self.backend!r})')

@@ -1,0 +1,192 @@
+"""vistok's Runner: mmengine's, with safe checkpoints, exact resume and CPU
+distributed training.
+
+What differs from ``mmengine.runner.Runner`` (0.10.7):
+
+* ``setup_env`` creates the process group with :func:`vistok.engine.dist.
+  init_dist` (gloo on machines without GPUs) before mmengine would.
+* ``wrap_model`` builds DDP with ``device_ids=None`` on CPU (mmengine passes
+  ``[LOCAL_RANK]``, which DDP rejects for CPU modules).
+* ``save_checkpoint`` stores only safely loadable types
+  (:func:`vistok.utils.checkpoint.to_safe`), adds the python / numpy / torch
+  RNG states, and writes atomically. Checkpoints are loaded with
+  ``weights_only=True`` (see :mod:`vistok.utils.mmengine_compat`).
+* ``load_or_resume`` with ``resume=True`` and no path ("``--resume auto``")
+  tries the work dir's checkpoints newest first and falls back past any that
+  cannot be loaded; it never starts from scratch over existing checkpoints.
+
+The RNG states restored on resume are rank 0's; with the default
+``randomness.diff_rank_seed=False`` all ranks share that stream.
+"""
+import os
+import os.path as osp
+import re
+import time
+
+import mmengine
+import torch
+from mmengine.device import get_device
+from mmengine.dist import is_distributed, master_only
+from mmengine.fileio import get_file_backend, join_path
+from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapper
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import save_checkpoint, weights_to_cpu
+from mmengine.utils import apply_to
+
+import vistok
+from vistok.registry import MODEL_WRAPPERS, RUNNERS
+from vistok.utils.checkpoint import (CheckpointLoadError,
+                                     save_checkpoint_atomic, to_safe)
+from vistok.utils.rng import get_rng_state
+from .dist import init_dist
+
+_CKPT_NUMBER = re.compile(r'(?:iter|epoch)_(\d+)\.pth$')
+
+
+def candidate_checkpoints(work_dir):
+    """Checkpoints of ``work_dir`` to resume from, newest first: the one named
+    in ``last_checkpoint``, then ``iter_N.pth`` / ``epoch_N.pth`` by
+    decreasing ``N``."""
+    found = []
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            last = f.read().strip()
+        if last:
+            found.append(last)
+    if osp.isdir(work_dir):
+        numbered = []
+        for name in os.listdir(work_dir):
+            match = _CKPT_NUMBER.match(name)
+            if match:
+                numbered.append((int(match.group(1)), osp.join(work_dir, name)))
+        for _, path in sorted(numbered, reverse=True):
+            if all(not osp.samefile(path, p) for p in found if osp.exists(p)):
+                found.append(path)
+    return found
+
+
+@RUNNERS.register_module()
+class VistokRunner(Runner):
+    """mmengine ``Runner`` with vistok's checkpoint, resume and distributed
+    fixes (see the module docstring). Built by ``tools/train.py``; a config
+    may also select it with ``runner_type='VistokRunner'``."""
+
+    resumed_rng_state = None
+
+    def setup_env(self, env_cfg):
+        if self.distributed and not is_distributed():
+            init_dist(self.launcher, **env_cfg.get('dist_cfg', {}))
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        if (not self.distributed or torch.cuda.is_available()
+                or is_model_wrapper(model)):
+            return super().wrap_model(model_wrapper_cfg, model)
+        cfg = dict(
+            type='MMDistributedDataParallel',
+            broadcast_buffers=False,
+            find_unused_parameters=self.cfg.get('find_unused_parameters',
+                                                False))
+        cfg.update(model_wrapper_cfg or {})
+        return MODEL_WRAPPERS.build(
+            cfg, default_args=dict(module=model.to(get_device()),
+                                   device_ids=None))
+
+    @master_only
+    def save_checkpoint(self, out_dir, filename, file_client_args=None,
+                        save_optimizer=True, save_param_scheduler=True,
+                        meta=None, by_epoch=True, backend_args=None):
+        """Save model, optimizer, schedulers, message hub and RNG states.
+
+        Same arguments as mmengine's; ``file_client_args`` is not supported
+        (use ``backend_args``). Local paths are written atomically.
+        """
+        if file_client_args is not None:
+            raise ValueError('file_client_args is deprecated in mmengine and '
+                             'not supported by vistok: use backend_args')
+        meta = dict(meta or {})
+        if by_epoch:
+            meta.setdefault('epoch', self.epoch + 1)
+            meta.setdefault('iter', self.iter)
+        else:
+            meta.setdefault('epoch', self.epoch)
+            meta.setdefault('iter', self.iter + 1)
+        meta.update(
+            cfg=self.cfg.pretty_text,
+            seed=self.seed,
+            experiment_name=self.experiment_name,
+            time=time.strftime('%Y%m%d_%H%M%S', time.localtime()),
+            mmengine_version=mmengine.__version__,
+            vistok_version=vistok.__version__)
+        dataset = self.train_dataloader.dataset
+        if hasattr(dataset, 'metainfo'):
+            meta.update(dataset_meta=dataset.metainfo)
+
+        model = self.model.module if is_model_wrapper(self.model) \
+            else self.model
+        to_cpu = (lambda x: hasattr(x, 'cpu'), lambda x: x.cpu())
+        checkpoint = dict(
+            meta=meta,
+            state_dict=weights_to_cpu(model.state_dict()),
+            message_hub=apply_to(self.message_hub.state_dict(), *to_cpu),
+            rng_state=get_rng_state())
+        if save_optimizer:
+            if not isinstance(self.optim_wrapper, OptimWrapper):
+                raise TypeError('self.optim_wrapper should be an OptimWrapper '
+                                'or OptimWrapperDict, but got '
+                                f'{self.optim_wrapper}')
+            checkpoint['optimizer'] = apply_to(self.optim_wrapper.state_dict(),
+                                               *to_cpu)
+        if save_param_scheduler and self.param_schedulers is not None:
+            if isinstance(self.param_schedulers, dict):
+                checkpoint['param_schedulers'] = {
+                    name: [s.state_dict() for s in schedulers]
+                    for name, schedulers in self.param_schedulers.items()}
+            else:
+                checkpoint['param_schedulers'] = [
+                    s.state_dict() for s in self.param_schedulers]
+
+        self.call_hook('before_save_checkpoint', checkpoint=checkpoint)
+        filepath = join_path(out_dir, filename, backend_args=backend_args)
+        backend = get_file_backend(filepath, backend_args=backend_args)
+        if type(backend).__name__ == 'LocalBackend':
+            save_checkpoint_atomic(checkpoint, filepath)
+        else:  # remote storage: no rename, but still safely loadable
+            save_checkpoint(to_safe(checkpoint), filepath,
+                            backend_args=backend_args)
+
+    def load_checkpoint(self, filename, map_location='cpu', strict=False,
+                        revise_keys=[(r'^module.', '')]):
+        checkpoint = super().load_checkpoint(filename, map_location, strict,
+                                             revise_keys)
+        self.resumed_rng_state = checkpoint.get('rng_state')
+        return checkpoint
+
+    def load_or_resume(self):
+        if self._has_loaded or not (self._resume and self._load_from is None):
+            return super().load_or_resume()
+        candidates = candidate_checkpoints(self.work_dir)
+        if not candidates:
+            self.logger.info(f'--resume auto: no checkpoint in '
+                             f'{self.work_dir}, starting from scratch.')
+            return
+        failures = []
+        for path in candidates:
+            try:
+                self.resume(path)
+            except CheckpointLoadError as err:
+                failures.append(str(err))
+                self.logger.warning(f'--resume auto: skipping {path}: {err}')
+                continue
+            if failures:
+                self.logger.warning(f'--resume auto: resumed from {path}, '
+                                    f'the newest checkpoint that loads.')
+            self.logger.info(f'Auto-resumed from {path}.')
+            self._has_loaded = True
+            return
+        raise CheckpointLoadError(
+            f'--resume auto: none of the checkpoints in {self.work_dir} can '
+            'be loaded (refusing to start from scratch over them):\n  '
+            + '\n  '.join(failures))

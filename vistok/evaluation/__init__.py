@@ -1,0 +1,4 @@
+"""Evaluation: importing this package registers vistok's metrics."""
+from .metrics import PSNR, CodebookUsage
+
+__all__ = ['PSNR', 'CodebookUsage']

@@ -1,0 +1,3 @@
+from .conv import ConvDecoder, ConvEncoder
+
+__all__ = ['ConvEncoder', 'ConvDecoder']

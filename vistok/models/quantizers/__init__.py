@@ -1,0 +1,4 @@
+from .base import BaseQuantizer
+from .vq import VectorQuantizer
+
+__all__ = ['BaseQuantizer', 'VectorQuantizer']

@@ -1,0 +1,3 @@
+from .autoencoder import AutoencoderTokenizer
+
+__all__ = ['AutoencoderTokenizer']

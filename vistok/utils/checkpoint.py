@@ -1,0 +1,192 @@
+"""Safe checkpoint I/O (DESIGN §6, "Checkpoints").
+
+* **Safe by default.** ``torch.load(weights_only=True)`` never executes code
+  from a file. mmengine's training state holds objects that restricted
+  unpickling refuses (``HistoryBuffer``, numpy arrays and scalars), so
+  :func:`to_safe` turns them into tagged plain dicts of tensors before saving
+  and :func:`from_safe` rebuilds them after loading.
+* **Trusting a full pickle is an explicit, logged opt-in**
+  (:func:`trust_pickled_checkpoints`, ``--trust-checkpoint`` in the tools or
+  ``VISTOK_TRUST_CHECKPOINTS=1``), for third-party files made by other code.
+* **Atomic writes.** :func:`save_checkpoint_atomic` writes a temporary file in
+  the target directory, fsyncs it and renames it over the target, so a crash
+  while saving leaves the previous file intact.
+
+Every failure raises :class:`CheckpointLoadError` naming the file.
+"""
+import logging
+import os
+import os.path as osp
+import pickle
+import re
+import tempfile
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer, print_log
+
+TAG = '__vistok_type__'
+TRUST_ENV = 'VISTOK_TRUST_CHECKPOINTS'
+_trust_pickle = False
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint file could not be loaded (missing, corrupt, or unsafe)."""
+
+
+def trust_pickled_checkpoints(trust: bool = True) -> None:
+    """Allow (``True``) or forbid full-pickle checkpoint loading for this
+    process. Loading a full pickle can run arbitrary code: only do it for
+    files you made yourself or obtained from a source you trust."""
+    global _trust_pickle
+    _trust_pickle = bool(trust)
+    if trust:
+        print_log('Checkpoint loading trusts full pickles: a malicious file '
+                  'can execute code.', logger='current', level=logging.WARNING)
+
+
+def pickle_trusted() -> bool:
+    return _trust_pickle or os.environ.get(TRUST_ENV, '') == '1'
+
+
+# --- plain-type encoding ----------------------------------------------------
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.Tensor,
+          torch.Size, torch.dtype, torch.device)
+
+
+def to_safe(obj, path='checkpoint'):
+    """Return a copy of ``obj`` made only of types restricted unpickling
+    accepts. Raises ``TypeError`` naming the key path of anything else."""
+    if isinstance(obj, np.generic):  # before _PLAIN: np.float64 is a float
+        return {TAG: 'npscalar', 'dtype': obj.dtype.str, 'value': obj.item()}
+    if isinstance(obj, _PLAIN):
+        return obj
+    if isinstance(obj, HistoryBuffer):
+        return {TAG: 'HistoryBuffer', 'max_length': obj.max_length,
+                'log_history': torch.from_numpy(np.array(obj._log_history)),
+                'count_history': torch.from_numpy(
+                    np.array(obj._count_history))}
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object:
+            raise TypeError(f'{path}: numpy object arrays cannot be saved '
+                            'safely')
+        return {TAG: 'ndarray', 'data': torch.from_numpy(obj.copy())}
+    if isinstance(obj, (set, frozenset)):
+        return type(obj)(to_safe(v, f'{path}{{}}') for v in obj)
+    if isinstance(obj, OrderedDict):
+        return OrderedDict((k, to_safe(v, f'{path}.{k}'))
+                           for k, v in obj.items())
+    if isinstance(obj, dict):
+        return {k: to_safe(v, f'{path}.{k}') for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [to_safe(v, f'{path}[{i}]') for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise TypeError(
+        f'{path} holds a {type(obj).__module__}.{type(obj).__qualname__}, '
+        'which a safely loadable checkpoint cannot contain; store it as '
+        'tensors / numbers / strings / lists / dicts instead')
+
+
+def from_safe(obj):
+    """Inverse of :func:`to_safe`."""
+    if isinstance(obj, dict):
+        tag = obj.get(TAG)
+        if tag == 'HistoryBuffer':
+            return HistoryBuffer(obj['log_history'].numpy(),
+                                 obj['count_history'].numpy(),
+                                 obj['max_length'])
+        if tag == 'ndarray':
+            return obj['data'].numpy()
+        if tag == 'npscalar':
+            return np.dtype(obj['dtype']).type(obj['value'])
+        return type(obj)((k, from_safe(v)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [from_safe(v) for v in obj]
+    if isinstance(obj, (tuple, set, frozenset)):
+        return type(obj)(from_safe(v) for v in obj)
+    return obj
+
+
+# --- files ------------------------------------------------------------------
+def _first_line(err) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else repr(err)
+
+
+def load_checkpoint_file(filename, map_location=None):
+    """Load a checkpoint safely and rebuild its tagged objects.
+
+    Raises:
+        CheckpointLoadError: missing, truncated / corrupt, or (unless
+            pickles are trusted) containing arbitrary pickled objects.
+    """
+    filename = osp.expanduser(str(filename))
+    if not osp.isfile(filename):
+        raise CheckpointLoadError(f'checkpoint {filename} does not exist')
+    if pickle_trusted():
+        print_log(f'Loading {filename} as a trusted full pickle.',
+                  logger='current', level=logging.WARNING)
+        return torch.load(filename, map_location=map_location,
+                          weights_only=False)
+    try:
+        checkpoint = torch.load(filename, map_location=map_location,
+                                weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = re.search(r'WeightsUnpickler error:\s*(.*)', str(err))
+        detail = detail.group(1) if detail else _first_line(err)
+        trust = (' If you made this file or trust its source, re-run with '
+                 f'--trust-checkpoint (or {TRUST_ENV}=1).')
+        if 'Unsupported global' in detail:
+            raise CheckpointLoadError(
+                f'checkpoint {filename} contains pickled Python objects that '
+                'safe loading refuses (nothing from it was executed).' + trust
+                + f' Details: {detail}') from None
+        raise CheckpointLoadError(
+            f'checkpoint {filename} is corrupt, or a raw / legacy pickle that '
+            'safe loading cannot read (nothing from it was executed).' + trust
+            + f' Details: {detail}') from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError,
+            ValueError) as err:
+        raise CheckpointLoadError(
+            f'checkpoint {filename} is truncated or corrupt and cannot be '
+            f'read ({type(err).__name__}: {_first_line(err)})'
+        ) from None
+    return from_safe(checkpoint)
+
+
+def save_checkpoint_atomic(checkpoint, filename) -> None:
+    """Write ``checkpoint`` (made safe with :func:`to_safe`) to ``filename``
+    through a temporary file and an atomic rename."""
+    filename = str(filename)
+    directory = osp.dirname(osp.abspath(filename))
+    os.makedirs(directory, exist_ok=True)
+    safe = to_safe(checkpoint)
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(filename) + '.',
+                               suffix='.tmp', dir=directory)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(safe, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filename)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_text_atomic(text: str, filename) -> None:
+    """Replace a small text file (e.g. ``last_checkpoint``) atomically."""
+    directory = osp.dirname(osp.abspath(filename))
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(filename) + '.',
+                               dir=directory)
+    with os.fdopen(fd, 'w') as f:
+        f.write(text)
+    os.replace(tmp, filename)
