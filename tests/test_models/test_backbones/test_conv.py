@@ -93,3 +93,12 @@ def test_group_norm_must_divide_channels():
     with pytest.raises(ValueError, match=r'num_groups=32 .* 48 channels'):
         ConvDecoder(out_ch=3, **dict(TINY, ch=16, ch_mult=(2, 3),
                                      num_groups=32))
+
+
+def test_at_least_one_res_block_per_level():
+    for build in (lambda: ConvEncoder(in_channels=3,
+                                      **dict(TINY, num_res_blocks=0)),
+                  lambda: ConvDecoder(out_ch=3,
+                                      **dict(TINY, num_res_blocks=0))):
+        with pytest.raises(ValueError, match='num_res_blocks must be >= 1'):
+            build()

@@ -21,10 +21,16 @@ import torch.nn.functional as F
 from vistok.registry import BACKBONES
 
 
-def _check_num_groups(num_groups: int, ch: int, ch_mult: Sequence[int],
-                      normalised: Sequence[int]):
-    """GroupNorm needs ``num_groups`` to divide every normalised channel
-    count ``normalised``; fail early with the offending configuration."""
+def _check_config(num_groups: int, ch: int, ch_mult: Sequence[int],
+                  normalised: Sequence[int], num_res_blocks: int):
+    """Fail early with the offending configuration: GroupNorm needs
+    ``num_groups`` to divide every normalised channel count ``normalised``,
+    and the ResnetBlocks (at least one per level) change the channel count
+    between levels."""
+    if num_res_blocks < 1:
+        raise ValueError(f'num_res_blocks must be >= 1 (the first ResnetBlock '
+                         f'of a level changes its channel count), got '
+                         f'{num_res_blocks}')
     for channels in sorted(set(normalised)):
         if channels % num_groups:
             raise ValueError(
@@ -181,7 +187,7 @@ class ConvEncoder(nn.Module):
                  double_z: bool = False):
         super().__init__()
         channels = [ch * m for m in (1, *ch_mult)]
-        _check_num_groups(num_groups, ch, ch_mult, channels)
+        _check_config(num_groups, ch, ch_mult, channels, num_res_blocks)
         self.in_channels = in_channels
         self.out_channels = 2 * z_channels if double_z else z_channels
         self.downsample_factor = 2**(len(ch_mult) - 1)
@@ -244,7 +250,7 @@ class ConvDecoder(nn.Module):
                  num_groups: int = 32):
         super().__init__()
         channels = [ch * m for m in ch_mult]
-        _check_num_groups(num_groups, ch, ch_mult, channels)
+        _check_config(num_groups, ch, ch_mult, channels, num_res_blocks)
         self.in_channels = z_channels
         self.out_channels = out_ch
         self.upsample_factor = 2**(len(ch_mult) - 1)
