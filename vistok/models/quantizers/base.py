@@ -47,14 +47,30 @@ def straight_through(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return q.detach() + (z - z.detach())
 
 
-def perplexity_from_counts(counts: torch.Tensor) -> torch.Tensor:
-    """``exp(H(p))`` of the code histogram ``counts`` ``(K,)``, natural log,
-    with ``0 log 0 = 0``; computed in fp32. Equals ``K`` for uniform usage and
-    1 when a single code is used."""
-    counts = counts.detach().float()
-    probs = counts / counts.sum().clamp_min(1)
+def usage_stats(counts: torch.Tensor, prefix: str = '') -> dict:
+    """The one place codebook usage statistics are computed.
+
+    From a code histogram ``counts`` ``(K,)`` (fp32 math, detached):
+    ``code_counts`` (the histogram), ``usage`` (fraction of the ``K`` codes
+    used at least once), ``entropy`` (natural log, ``0 log 0 = 0``) and
+    ``perplexity = exp(entropy)`` (``K`` for uniform use, 1 for a single
+    code). Quantizers with several levels report each level under a prefix,
+    e.g. ``'depth0.'``, ``'scale3.'``, ``'branch1.'``.
+    """
+    counts = counts.detach()
+    probs = counts.float() / counts.sum().clamp_min(1)
     entropy = -torch.special.xlogy(probs, probs).sum()
-    return entropy.exp()
+    stats = dict(code_counts=counts,
+                 usage=(counts > 0).float().mean(),
+                 entropy=entropy,
+                 perplexity=entropy.exp())
+    return {prefix + k: v for k, v in stats.items()}
+
+
+def perplexity_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """``exp(H(p))`` of the code histogram ``counts`` ``(K,)`` (see
+    :func:`usage_stats`)."""
+    return usage_stats(counts)['perplexity']
 
 
 class BaseQuantizer(nn.Module, metaclass=ABCMeta):
