@@ -189,3 +189,15 @@ def test_distances_in_fp32_under_autocast():
     assert not torch.equal(naive, expected[0]), 'bf16 should be inaccurate'
     assert torch.equal(out.indices, expected)
     assert torch.equal(encoded, expected)
+
+
+def test_blockwise_search_matches_brute_force(monkeypatch):
+    """The search scores a few rows at a time; the blocks (here 3 rows, the
+    last one partial) must not change any index."""
+    from vistok.models.quantizers import vq
+    monkeypatch.setattr(vq, 'SEARCH_BLOCK_ELEMENTS', 3 * CODEBOOK_SIZE)
+    quantizer = make_quantizer()
+    z = latent((2, EMBED_DIM, 7))  # 14 vectors: blocks of 3, 3, 3, 3, 2
+    expected = brute_force_indices(z, quantizer.codebook.detach())
+    assert torch.equal(quantizer(z).indices, expected)
+    assert torch.equal(quantizer.encode(z), expected)

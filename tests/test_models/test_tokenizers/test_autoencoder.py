@@ -84,7 +84,7 @@ def test_loss_keys():
     losses = model(**data, mode='loss')
     assert set(losses) == {
         'loss_mse', 'loss_l1', 'loss_commitment', 'loss_codebook',
-        'perplexity'
+        'perplexity', 'usage', 'entropy'
     }
     assert not losses['perplexity'].requires_grad
     loss, log_vars = model.parse_losses(losses)
@@ -141,7 +141,7 @@ def test_predict():
         assert sample.pred_img.dtype == torch.float32
         assert sample.pred_img.min() >= 0 and sample.pred_img.max() <= 255
         torch.testing.assert_close(sample.gt_img, raw[i])
-        assert sample.tokens.shape == (8, 8)
+        assert sample.tokens.shape == (64, )
         assert not sample.pred_img.requires_grad
 
 
@@ -170,3 +170,27 @@ def test_training_lowers_reconstruction_loss():
         history.append(log_vars['loss_mse'].item())
     initial, final = np.mean(history[:5]), np.mean(history[-5:])
     assert final < 0.7 * initial
+
+
+@pytest.mark.parametrize('quantizer, length, vocabulary', [
+    (dict(type='MultiScaleResidualQuantizer', scales=[1, 2, 4, 8],
+          quantizer=dict(type='VectorQuantizer', codebook_size=16,
+                         embed_dim=8, use_l2_norm=True)), 85, 16),
+    (dict(type='HierarchicalQuantizer', token_order='interleaved',
+          top_quantizer=dict(type='VectorQuantizer', codebook_size=16,
+                             embed_dim=32),
+          bottom_quantizer=dict(type='VectorQuantizer', codebook_size=16,
+                                embed_dim=8)), 80, 32),
+    (dict(type='ProductQuantizer', num_branches=2,
+          quantizer=dict(type='VectorQuantizer', codebook_size=16,
+                         embed_dim=4)), 128, 32),
+])
+def test_predict_tokens_of_structured_quantizers(quantizer, length,
+                                                 vocabulary):
+    """Multi-scale lists, hierarchical tuples and product branches become one
+    token sequence per image in the quantizer's joint vocabulary."""
+    samples = build(quantizer=quantizer).val_step(batch(2))
+    for sample in samples:
+        assert sample.tokens.shape == (length, )
+        assert sample.codebook_size == vocabulary
+        assert 0 <= sample.tokens.min() and sample.tokens.max() < vocabulary

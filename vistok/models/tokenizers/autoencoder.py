@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
 
+from vistok.models.quantizers.base import flat_tokens
 from vistok.registry import BACKBONES, LOSSES, MODELS, QUANTIZERS
 from vistok.structures import DataSample, TokenizerOutput
 
@@ -182,17 +183,20 @@ class AutoencoderTokenizer(BaseModel):
             data_samples: Optional[List[DataSample]] = None
     ) -> List[DataSample]:
         """One :class:`DataSample` per image with ``pred_img`` and ``gt_img``
-        (float ``(C, H, W)`` in ``[0, 255]``), ``tokens`` ``(h, w)`` and
-        metainfo ``codebook_size``. Incoming ``data_samples`` are filled in
+        (float ``(C, H, W)`` in ``[0, 255]``), ``tokens`` (the image's token
+        sequence ``(L,)`` in the quantizer's joint vocabulary, see
+        :func:`~vistok.models.quantizers.base.flat_tokens`) and metainfo
+        ``codebook_size``. Incoming ``data_samples`` are filled in
         place, so their metainfo is kept."""
         out = self.reconstruct(inputs)
         pred_imgs = self.to_pixels(out.reconstruction)
         gt_imgs = self.to_pixels(inputs)
+        tokens = flat_tokens(self.quantizer, out.quantizer.indices)
         if data_samples is None:
             data_samples = [DataSample() for _ in range(inputs.shape[0])]
         for i, sample in enumerate(data_samples):
             sample.set_metainfo(dict(codebook_size=self.codebook_size))
             sample.pred_img = pred_imgs[i]
             sample.gt_img = gt_imgs[i]
-            sample.tokens = out.quantizer.indices[i]
+            sample.tokens = tokens[i]
         return data_samples

@@ -1,0 +1,257 @@
+"""Two-level hierarchical quantization with a pixel-unshuffled top map and a
+residual bottom map: the HQ-VAE of You et al. 2022, "Locally Hierarchical
+Auto-Regressive Modeling for Image Generation" (KakaoBrain's HQ-Transformer),
+as used by UniCode (Zheng et al. 2024, "UniCode: Learning a Unified Codebook
+for Multimodal Large Language Models", 8×8 + 16×16 tokens).
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vistok.registry import QUANTIZERS
+from vistok.structures import QuantizerOutput
+from .base import BaseQuantizer
+from .residual import (QuantizerCfg, build_quantizer, merge_level_losses,
+                       merge_level_stats, run_quantizer)
+
+#: side of the block of bottom tokens under one top token
+FACTOR = 2
+CHILDREN = FACTOR * FACTOR
+TOKEN_ORDERS = ('grouped', 'interleaved')
+
+
+@QUANTIZERS.register_module()
+class HierarchicalQuantizer(BaseQuantizer):
+    """Top tokens on a 2× coarser grid, bottom tokens on the residual.
+
+    2-D only: ``z`` ``(B, C, H, W)`` with even ``H`` and ``W``. With
+    ``h, w = H/2, W/2``:
+
+    * top: ``u = pixel_unshuffle(z, 2)`` ``(B, 4C, h, w)`` is quantized by
+      the top quantizer (``in_channels = 4C``; any projections live inside
+      it), ``t = pixel_shuffle(Q_top(u), 2)`` ``(B, C, H, W)``;
+    * bottom: the residual ``r = z - t`` is quantized at the fine grid,
+      ``b = Q_bottom(r)``; with ``shared_codebook`` the top quantizer is
+      reused through 1×1 projections ``C -> 4C`` before and ``4C -> C``
+      after it (UniCode's ``up_conv`` / ``down_conv``);
+    * ``quantized = t + b``.
+
+    As in UniCode's code, ``r`` is taken from the top level's
+    straight-through output, not detached. Each level applies its own
+    straight-through, so ``quantized`` is bit-identical to ``decode``
+    (which repeats the same operations on the decoded levels), every
+    projection receives the decoder gradient, and for levels without
+    projections the gradient w.r.t. ``z`` is exactly the identity (the
+    bottom path contributes ``∂r/∂z = I - I = 0``). Consequently the bottom
+    commitment term trains the bottom code space, not the encoder.
+    UniCode concatenates ``[t, b]`` before its ``post_quant_conv``; here the
+    levels are summed (the bottom level codes the residual), so
+    ``quantized`` keeps the shape of ``z``.
+
+    Indices are the tuple ``(top (B, h, w), bottom (B, H, W))``, exact for
+    any even grid; :meth:`to_sequence` / :meth:`from_sequence` convert to
+    and from the flat token sequence ``(B, 5hw)`` of ``token_order``:
+
+    * ``'grouped'``: the ``hw`` top tokens in raster order, then the bottom
+      tokens block by block: the 2×2 children of top token 0 in raster
+      order (``(0,0), (0,1), (1,0), (1,1)`` of the block), then those of
+      top token 1, ...;
+    * ``'interleaved'``: each top token followed by its four children in
+      the same order (the layout UniCode feeds an LLM; its code takes four
+      consecutive raster positions of the bottom map instead of the 2×2
+      block).
+
+    With separate codebooks the sequence uses one joint vocabulary of
+    ``codebook_size = K_top + K_bottom`` ids: bottom ids are shifted by
+    ``K_top`` (with a shared codebook both levels use the same ``K`` ids).
+
+    ``mask`` (optional) is at the bottom resolution ``(B, H, W)``; a top
+    token is real when any of its four children is. Loss terms of the same
+    name are summed over the two levels (UniCode: top + bottom commitment);
+    stats per level under ``'top.'`` / ``'bottom.'`` plus ``perplexity`` /
+    ``usage`` averaged over the levels.
+
+    Args:
+        top_quantizer: config / module quantizing ``4C`` channels.
+        bottom_quantizer: config / module quantizing ``C`` channels; must be
+            ``None`` with ``shared_codebook``.
+        shared_codebook: quantize both levels with the top quantizer.
+        token_order: ``'grouped'`` or ``'interleaved'`` (see above).
+    """
+
+    def __init__(self,
+                 top_quantizer: QuantizerCfg,
+                 bottom_quantizer: Optional[QuantizerCfg] = None,
+                 shared_codebook: bool = False,
+                 token_order: str = 'grouped'):
+        if token_order not in TOKEN_ORDERS:
+            raise ValueError(f'token_order must be one of {TOKEN_ORDERS}, '
+                             f'got {token_order!r}')
+        if shared_codebook != (bottom_quantizer is None):
+            raise ValueError(
+                'give bottom_quantizer exactly when shared_codebook is False'
+                f', got shared_codebook={shared_codebook} and bottom_quantizer'
+                f'={bottom_quantizer!r}')
+        top = build_quantizer(top_quantizer)
+        if top.in_channels % CHILDREN:
+            raise ValueError(
+                f'top_quantizer.in_channels must be {CHILDREN}·C (the '
+                f'pixel-unshuffled channels), got {top.in_channels}')
+        super().__init__(top.in_channels // CHILDREN)
+        self.top = top
+        self.shared_codebook = shared_codebook
+        self.token_order = token_order
+        if shared_codebook:
+            self.bottom_in = nn.Conv2d(self.in_channels, top.in_channels, 1)
+            self.bottom_out = nn.Conv2d(top.in_channels, self.in_channels, 1)
+        else:
+            self.bottom = build_quantizer(bottom_quantizer)
+            if self.bottom.in_channels != self.in_channels:
+                raise ValueError(
+                    f'bottom_quantizer.in_channels must be C = top_quantizer.'
+                    f'in_channels / {CHILDREN} = {self.in_channels}, got '
+                    f'{self.bottom.in_channels}')
+
+    @property
+    def codebook_size(self) -> int:
+        """Vocabulary of :meth:`to_sequence`: ``K`` shared, else
+        ``K_top + K_bottom``."""
+        if self.shared_codebook:
+            return self.top.codebook_size
+        return self.top.codebook_size + self.bottom.codebook_size
+
+    @property
+    def bottom_offset(self) -> int:
+        """Shift of bottom ids in the joint vocabulary of the sequence."""
+        return 0 if self.shared_codebook else self.top.codebook_size
+
+    def _check(self, z: torch.Tensor, mask: Optional[torch.Tensor]):
+        if (z.dim() != 4 or z.shape[1] != self.in_channels
+                or z.shape[2] % FACTOR or z.shape[3] % FACTOR):
+            raise ValueError(
+                f'z must be (B, {self.in_channels}, H, W) with even H and W '
+                f'(HierarchicalQuantizer is 2-D only), got shape '
+                f'{tuple(z.shape)}')
+        index_shape = (z.shape[0], *z.shape[2:])
+        if mask is not None and (mask.dtype != torch.bool
+                                 or tuple(mask.shape) != index_shape):
+            raise ValueError(f'mask must be a bool tensor of shape '
+                             f'{index_shape}, got {mask.dtype} of shape '
+                             f'{tuple(mask.shape)}')
+
+    @staticmethod
+    def _project(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        """1×1 projection in fp32, also under autocast (so the shared
+        look-up sees fp32 inputs and bf16 cannot change its indices)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return conv(x.float())
+
+    def _bottom_forward(self, residual, mask) -> QuantizerOutput:
+        if not self.shared_codebook:
+            return run_quantizer(self.bottom, residual, mask=mask)
+        out = run_quantizer(
+            self.top, self._project(self.bottom_in, residual), mask=mask)
+        out.quantized = self._project(self.bottom_out, out.quantized)
+        return out
+
+    def _bottom_encode(self, residual: torch.Tensor) -> torch.Tensor:
+        if not self.shared_codebook:
+            return self.bottom.encode(residual)
+        return self.top.encode(self._project(self.bottom_in, residual))
+
+    def _bottom_decode(self, indices: torch.Tensor) -> torch.Tensor:
+        if not self.shared_codebook:
+            return self.bottom.decode(indices)
+        return self._project(self.bottom_out, self.top.decode(indices))
+
+    def forward(self,
+                z: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> QuantizerOutput:
+        """Quantize ``z`` ``(B, C, H, W)``; ``mask`` ``(B, H, W)`` bool,
+        True = real token (see the class docstring)."""
+        self._check(z, mask)
+        top_mask = None
+        if mask is not None:
+            top_mask = F.pixel_unshuffle(mask[:, None].float(),
+                                         FACTOR).amax(1) > 0
+        top = run_quantizer(self.top, F.pixel_unshuffle(z, FACTOR),
+                            mask=top_mask)
+        top_map = F.pixel_shuffle(top.quantized, FACTOR)
+        bottom = self._bottom_forward(z - top_map, mask)
+        levels = [top, bottom]
+        return QuantizerOutput(
+            quantized=top_map + bottom.quantized,
+            indices=(top.indices, bottom.indices),
+            loss=merge_level_losses([out.loss for out in levels]),
+            stats=merge_level_stats([out.stats for out in levels],
+                                    ['top.', 'bottom.']))
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(top (B, H/2, W/2), bottom (B, H, W))`` indices of ``z``
+        ``(B, C, H, W)``."""
+        self._check(z, None)
+        top = self.top.encode(F.pixel_unshuffle(z, FACTOR))
+        top_map = F.pixel_shuffle(self.top.decode(top), FACTOR)
+        return top, self._bottom_encode(z - top_map)
+
+    def decode(self, indices: Tuple[torch.Tensor,
+                                    torch.Tensor]) -> torch.Tensor:
+        """``(B, C, H, W)`` from the ``(top, bottom)`` index maps."""
+        top, bottom = indices
+        if (top.dim() != 3 or bottom.shape !=
+            (top.shape[0], FACTOR * top.shape[1], FACTOR * top.shape[2])):
+            raise ValueError(
+                f'indices must be (top (B, h, w), bottom (B, 2h, 2w)), got '
+                f'shapes {tuple(top.shape)} and {tuple(bottom.shape)}')
+        top_map = F.pixel_shuffle(self.top.decode(top), FACTOR)
+        return top_map + self._bottom_decode(bottom)
+
+    def to_sequence(
+            self, indices: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``(top (B, h, w), bottom (B, 2h, 2w))`` -> token sequence
+        ``(B, 5hw)`` in ``token_order``, bottom ids shifted by
+        :attr:`bottom_offset`."""
+        top, bottom = indices
+        batch, h, w = top.shape
+        # (B, 2h, 2w) -> (B, hw, 4): the 2×2 children of each top token in
+        # raster order of the top grid, raster order inside the block
+        children = bottom.reshape(batch, h, FACTOR, w, FACTOR).permute(
+            0, 1, 3, 2, 4).reshape(batch, h * w, CHILDREN)
+        children = children + self.bottom_offset
+        top = top.reshape(batch, h * w, 1)
+        if self.token_order == 'grouped':
+            return torch.cat([top.flatten(1), children.flatten(1)], 1)
+        return torch.cat([top, children], -1).flatten(1)
+
+    def from_sequence(
+            self,
+            sequence: torch.Tensor,
+            size: Optional[Tuple[int, int]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Inverse of :meth:`to_sequence`. ``size`` ``(H, W)`` is the bottom
+        grid; ``None`` assumes a square one."""
+        batch, length = sequence.shape
+        if size is None:
+            side = round((length // (CHILDREN + 1))**0.5)
+            h = w = side
+        else:
+            h, w = size[0] // FACTOR, size[1] // FACTOR
+        if (length != (CHILDREN + 1) * h * w
+                or (size is not None and tuple(size) != (FACTOR * h,
+                                                         FACTOR * w))):
+            raise ValueError(
+                f'sequence of length {length} does not hold the tokens of a '
+                f'{"square" if size is None else tuple(size)} bottom grid '
+                f'with even sides ({CHILDREN + 1}·h·w tokens)')
+        if self.token_order == 'grouped':
+            top, children = sequence.split([h * w, CHILDREN * h * w], 1)
+        else:
+            tokens = sequence.reshape(batch, h * w, CHILDREN + 1)
+            top, children = tokens[..., 0], tokens[..., 1:]
+        bottom = (children - self.bottom_offset).reshape(
+            batch, h, w, FACTOR, FACTOR).permute(0, 1, 3, 2, 4).reshape(
+                batch, FACTOR * h, FACTOR * w)
+        return top.reshape(batch, h, w), bottom

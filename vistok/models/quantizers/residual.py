@@ -1,0 +1,306 @@
+"""Residual quantization (RQ-VAE: Lee et al. 2022, "Autoregressive Image
+Generation using Residual Quantization", §3.1) over any quantizer,
+with MARVEL's per-depth scales (multi-depth lookup-free quantization) and
+SoundStream's quantizer dropout (Zeghidour et al. 2021, §3.3).
+
+Also home of the small helpers the multi-level wrappers (residual, product,
+hierarchical) share: building a sub-quantizer, calling it with only the
+options that are set, and merging per-level losses and stats.
+"""
+import copy
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from vistok.registry import QUANTIZERS
+from vistok.structures import QuantizerOutput
+from .base import BaseQuantizer, straight_through
+
+#: index written for a depth that quantizer dropout removed; ``decode``
+#: gives such a depth a zero contribution
+DROPPED_INDEX = -1
+DEPTH_LOSS_REDUCTIONS = ('sum', 'mean')
+
+QuantizerCfg = Union[dict, nn.Module]
+
+
+def build_quantizer(cfg: QuantizerCfg) -> nn.Module:
+    """A ``QUANTIZERS`` config built, or an already built module as is."""
+    return cfg if isinstance(cfg, nn.Module) else QUANTIZERS.build(cfg)
+
+
+def run_quantizer(quantizer: nn.Module, z: torch.Tensor,
+                  **options) -> QuantizerOutput:
+    """``quantizer(z, **options)`` with only the options that are not
+    ``None`` (e.g. ``mask``, ``num_scales``), so a quantizer that does not
+    take an option works wherever the option is unused."""
+    return quantizer(z, **{k: v for k, v in options.items() if v is not None})
+
+
+def merge_level_losses(level_losses: Sequence[Dict[str, torch.Tensor]],
+                       prefixes: Optional[Sequence[str]] = None,
+                       reduction: str = 'sum') -> Dict[str, torch.Tensor]:
+    """Combine the loss dicts of the levels (depths, branches, ...) of a
+    multi-level quantizer.
+
+    Without ``prefixes`` terms of the same name are reduced over the levels
+    (``'sum'`` or ``'mean'`` over the levels that have the term). With
+    ``prefixes`` every level's terms are kept under ``prefix + name``
+    (already divided by the number of levels for ``'mean'``), so their sum,
+    which mmengine takes over every key containing ``'loss'``, is the same.
+    """
+    merged: Dict[str, List[torch.Tensor]] = {}
+    for i, losses in enumerate(level_losses):
+        for name, value in losses.items():
+            key = name if prefixes is None else prefixes[i] + name
+            merged.setdefault(key, []).append(value)
+    if prefixes is not None and reduction == 'mean':
+        return {k: v[0] / len(level_losses) for k, v in merged.items()}
+    reduce = torch.mean if reduction == 'mean' else torch.sum
+    return {k: reduce(torch.stack(v)) for k, v in merged.items()}
+
+
+def merge_level_stats(level_stats: Sequence[Dict[str, torch.Tensor]],
+                      prefixes: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """Every level's stats under its prefix (e.g. ``'depth0.perplexity'``)
+    plus top-level ``perplexity`` and ``usage``: the mean over the levels
+    (when every level reports it)."""
+    stats = {
+        prefix + name: value
+        for prefix, level in zip(prefixes, level_stats)
+        for name, value in level.items()
+    }
+    for name in ('perplexity', 'usage'):
+        if all(name in level for level in level_stats):
+            stats[name] = torch.stack(
+                [level[name].float() for level in level_stats]).mean()
+    return stats
+
+
+@QUANTIZERS.register_module()
+class ResidualQuantizer(BaseQuantizer):
+    """Quantize the running residual ``depth`` times (RQ-VAE §3.1).
+
+    ``z`` ``(B, C, *spatial)`` (any spatial rank); with ``r_0 = z`` and
+    output scales ``s_d`` (1 unless ``depth_scales`` is set), depth ``d``
+    quantizes ``r_d / s_d`` with its sub-quantizer ``Q_d`` and
+
+    ``c_d = s_d · Q_d(r_d / s_d)``,  ``r_{d+1} = r_d - c_d``,
+    ``ẑ = Σ_d c_d`` (summed in depth order).
+
+    ``quantized = sg[ẑ] + (z - sg[z])``: RQ-VAE's straight-through on the
+    aggregated code (one straight-through, at the top level), so its value
+    is bit-identical to ``decode(indices)``, which sums the same
+    contributions in the same order, and the gradient w.r.t. ``z`` is the
+    identity. The sub-quantizers' outputs enter as constants: parameters on
+    their output side (e.g. a ``VectorQuantizer``'s ``project_out``) get no
+    reconstruction gradient, so use sub-quantizers without internal
+    projections (as RQ-VAE, MARVEL and UniCode do) and project around this
+    module instead. Each depth is fed ``r_d / s_d`` with a gradient path to
+    ``z`` (only earlier codes are constants), so depth ``d``'s commitment
+    term is RQ-VAE's ``‖z - sg[ẑ_{≤d}]‖²`` divided by ``s_d²``.
+
+    Loss terms of the sub-quantizers keep their names and are reduced over
+    the depths (``depth_loss_reduction``: RQ-VAE's commitment sums, MARVEL and
+    UniCode's RQ average). Stats: each depth's stats under ``'depth{d}.'``
+    plus ``perplexity`` / ``usage`` averaged over depths and, when quantizer
+    dropout drew, ``num_depths`` ``(B,)``.
+
+    Indices are ``(B, *spatial, depth)``; a depth removed by quantizer
+    dropout has index ``DROPPED_INDEX`` (-1) and contributes zero, in the
+    forward and in ``decode``.
+
+    Args:
+        quantizer: config (``QUANTIZERS``) or module of the sub-quantizer.
+        depth: number of depths ``D``.
+        shared_codebook: one sub-quantizer reused at every depth (RQ-VAE's
+            shared codebook, UniCode's RQ); otherwise ``D`` independent ones
+            (built from the config; a given module is deep-copied).
+        depth_scales: output scale ``s_d`` of each depth: ``None`` (all 1),
+            ``'pow2'`` for ``s_d = 2^-d`` (MARVEL: depth ``d`` quantizes
+            ``r_d · 2^d`` and outputs ``× 2^-d``, so an LFQ's entropy and
+            commitment terms see the ±1 codes it actually uses; those terms
+            are then measured in the scaled space), or a list of ``D``
+            positive floats.
+        dropout_prob: quantizer dropout (SoundStream §3.3; "codebook drop"
+            of ImageFolder): in training, each **sample** independently
+            with this probability keeps only its first ``n`` depths, ``n``
+            uniform in ``[dropout_min_depth, D]`` (SoundStream uses 1.0).
+            The removed depths are excluded from the losses and stats
+            (through the sub-quantizer's mask, so each depth's terms are
+            means over the samples that keep it) and from ``quantized``;
+            depths that no sample keeps are not run. Off in eval mode.
+        dropout_min_depth: smallest number of kept depths.
+        depth_loss_reduction: ``'sum'`` or ``'mean'`` of each loss term over
+            the depths.
+        per_depth_loss: report the loss terms per depth
+            (``'depth{d}.loss_commitment'``, ...) instead of one reduced term
+            per name; their sum is the same total.
+    """
+
+    def __init__(self,
+                 quantizer: QuantizerCfg,
+                 depth: int,
+                 shared_codebook: bool = False,
+                 depth_scales: Union[None, str, Sequence[float]] = None,
+                 dropout_prob: float = 0.0,
+                 dropout_min_depth: int = 1,
+                 depth_loss_reduction: str = 'sum',
+                 per_depth_loss: bool = False):
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f'depth must be a positive int, got {depth!r}')
+        if not 0.0 <= dropout_prob <= 1.0:
+            raise ValueError(
+                f'dropout_prob must be in [0, 1], got {dropout_prob!r}')
+        if not 1 <= dropout_min_depth <= depth:
+            raise ValueError(f'dropout_min_depth must be in [1, depth={depth}]'
+                             f', got {dropout_min_depth!r}')
+        if depth_loss_reduction not in DEPTH_LOSS_REDUCTIONS:
+            raise ValueError(f'depth_loss_reduction must be one of '
+                             f'{DEPTH_LOSS_REDUCTIONS}, got '
+                             f'{depth_loss_reduction!r}')
+        first = build_quantizer(quantizer)
+        super().__init__(first.in_channels)
+        self.depth = depth
+        self.shared_codebook = shared_codebook
+        self.depth_scales = self._resolve_scales(depth_scales, depth)
+        self.dropout_prob = dropout_prob
+        self.dropout_min_depth = dropout_min_depth
+        self.depth_loss_reduction = depth_loss_reduction
+        self.per_depth_loss = per_depth_loss
+        quantizers = [first]
+        if not shared_codebook:
+            quantizers += [
+                copy.deepcopy(first) if isinstance(quantizer, nn.Module) else
+                build_quantizer(quantizer) for _ in range(depth - 1)
+            ]
+        self.quantizers = nn.ModuleList(quantizers)
+
+    @staticmethod
+    def _resolve_scales(depth_scales, depth: int) -> List[float]:
+        if depth_scales is None:
+            return [1.0] * depth
+        if depth_scales == 'pow2':
+            return [2.0**-d for d in range(depth)]
+        if isinstance(depth_scales, str) or len(depth_scales) != depth or any(
+                not s > 0 for s in depth_scales):
+            raise ValueError(f'depth_scales must be None, "pow2" or {depth} '
+                             f'positive floats, got {depth_scales!r}')
+        return [float(s) for s in depth_scales]
+
+    @property
+    def codebook_size(self) -> int:
+        """Codes per depth ``K`` (the vocabulary of each index)."""
+        return self.quantizers[0].codebook_size
+
+    def quantizer_at(self, d: int) -> nn.Module:
+        """The sub-quantizer of depth ``d``."""
+        return self.quantizers[0 if self.shared_codebook else d]
+
+    def _check(self, z: torch.Tensor, mask: Optional[torch.Tensor]):
+        if z.dim() < 3 or z.shape[1] != self.in_channels:
+            raise ValueError(f'z must be (B, {self.in_channels}, *spatial), '
+                             f'got shape {tuple(z.shape)}')
+        index_shape = (z.shape[0], *z.shape[2:])
+        if mask is not None and (mask.dtype != torch.bool
+                                 or tuple(mask.shape) != index_shape):
+            raise ValueError(f'mask must be a bool tensor of shape '
+                             f'{index_shape}, got {mask.dtype} of shape '
+                             f'{tuple(mask.shape)}')
+
+    def _sample_num_depths(self, batch_size: int,
+                           device: torch.device) -> torch.Tensor:
+        """Kept depths per sample ``(B,)`` for quantizer dropout."""
+        drawn = torch.randint(
+            self.dropout_min_depth, self.depth + 1, (batch_size, ),
+            device=device)
+        dropped = torch.rand(batch_size, device=device) < self.dropout_prob
+        return torch.where(dropped, drawn, self.depth)
+
+    def forward(self,
+                z: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> QuantizerOutput:
+        """Quantize ``z`` ``(B, C, *spatial)``; ``mask`` ``(B, *spatial)``
+        bool, True = real token (see the class docstring)."""
+        self._check(z, mask)
+        num_depths = None
+        if self.training and self.dropout_prob > 0:
+            num_depths = self._sample_num_depths(z.shape[0], z.device)
+        active = self.depth if num_depths is None else int(num_depths.max())
+        residual, total = z, None
+        indices, losses, stats = [], [], []
+        for d in range(active):
+            kept = None
+            if num_depths is not None:
+                kept = (num_depths > d).view(-1, *[1] * (z.dim() - 2))
+                kept = kept.expand(z.shape[0], *z.shape[2:])
+            depth_mask = kept if mask is None else (
+                mask if kept is None else mask & kept)
+            out = run_quantizer(
+                self.quantizer_at(d),
+                residual / self.depth_scales[d],
+                mask=depth_mask)
+            contribution = out.quantized.detach() * self.depth_scales[d]
+            depth_indices = out.indices
+            if kept is not None:
+                contribution = torch.where(kept.unsqueeze(1), contribution, 0)
+                depth_indices = depth_indices.masked_fill(
+                    ~kept, DROPPED_INDEX)
+            residual = residual - contribution
+            total = contribution if total is None else total + contribution
+            indices.append(depth_indices)
+            losses.append(out.loss)
+            stats.append(out.stats)
+
+        # depths no sample kept are not run at all
+        indices += [indices[0].new_full(indices[0].shape, DROPPED_INDEX)
+                    ] * (self.depth - active)
+        prefixes = [f'depth{d}.' for d in range(active)]
+        stats = merge_level_stats(stats, prefixes)
+        if num_depths is not None:
+            stats['num_depths'] = num_depths
+        return QuantizerOutput(
+            quantized=straight_through(z, total),
+            indices=torch.stack(indices, -1),
+            loss=merge_level_losses(
+                losses, prefixes if self.per_depth_loss else None,
+                self.depth_loss_reduction),
+            stats=stats)
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        """Indices ``(B, *spatial, D)`` of ``z`` ``(B, C, *spatial)`` (no
+        dropout; equal to the eval-mode forward's)."""
+        self._check(z, None)
+        residual, indices = z, []
+        for d in range(self.depth):
+            quantizer, scale = self.quantizer_at(d), self.depth_scales[d]
+            depth_indices = quantizer.encode(residual / scale)
+            residual = residual - quantizer.decode(depth_indices) * scale
+            indices.append(depth_indices)
+        return torch.stack(indices, -1)
+
+    def decode(self,
+               indices: torch.Tensor,
+               num_depths: Optional[int] = None) -> torch.Tensor:
+        """``ẑ`` ``(B, C, *spatial)`` from indices ``(B, *spatial, D')``
+        (``D' <= D``) summing only the first ``num_depths`` depths (default
+        all given): a coarser reconstruction, as quantizer dropout trains
+        for. ``DROPPED_INDEX`` entries contribute zero."""
+        given = indices.shape[-1]
+        num_depths = given if num_depths is None else num_depths
+        if given > self.depth or not 1 <= num_depths <= given:
+            raise ValueError(
+                f'indices must be (B, *spatial, D\') with D\' <= depth='
+                f'{self.depth} and num_depths in [1, D\'], got shape '
+                f'{tuple(indices.shape)} and num_depths={num_depths}')
+        total = None
+        for d in range(num_depths):
+            depth_indices = indices[..., d]
+            kept = depth_indices != DROPPED_INDEX
+            contribution = self.quantizer_at(d).decode(
+                depth_indices.clamp_min(0)) * self.depth_scales[d]
+            contribution = torch.where(kept.unsqueeze(1), contribution, 0)
+            total = contribution if total is None else total + contribution
+        return total
