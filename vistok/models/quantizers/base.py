@@ -5,12 +5,16 @@ A quantizer maps a channel-first latent ``z`` of shape ``(B, C, *spatial)``
 ``(B, C, N)`` token sequences) to discrete indices ``(B, *spatial)`` and back.
 """
 from abc import ABCMeta, abstractmethod
-from typing import Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
+
+#: a sub-quantizer given as a ``QUANTIZERS`` config or as a built module
+QuantizerCfg = Union[dict, nn.Module]
 
 
 def flatten_channels_last(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Size]:
@@ -118,6 +122,89 @@ class BaseQuantizer(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Quantized latents ``(B, C, *spatial)`` of ``indices``."""
+
+
+def check_latent(z: torch.Tensor, in_channels: int,
+                 mask: Optional[torch.Tensor] = None,
+                 min_spatial_dims: int = 0) -> None:
+    """Raise ``ValueError`` naming the shapes unless ``z`` is
+    ``(B, in_channels, *spatial)`` with at least ``min_spatial_dims`` spatial
+    dims and ``mask`` (if given) is a bool ``(B, *spatial)`` tensor."""
+    if z.dim() < 2 + min_spatial_dims or z.shape[1] != in_channels:
+        spatial = ('with at least one spatial dim, '
+                   if min_spatial_dims else '')
+        raise ValueError(f'z must be (B, {in_channels}, *spatial) {spatial}'
+                         f'got shape {tuple(z.shape)}')
+    index_shape = (z.shape[0], *z.shape[2:])
+    if mask is not None and (mask.dtype != torch.bool
+                             or tuple(mask.shape) != index_shape):
+        raise ValueError(f'mask must be a bool tensor of shape {index_shape} '
+                         f'(B, *spatial), got {mask.dtype} of shape '
+                         f'{tuple(mask.shape)}')
+
+
+def code_space_projections(in_channels: int,
+                           code_dim: int) -> Tuple[nn.Module, nn.Module]:
+    """``(project_in, project_out)``: linear ``C -> D`` and ``D -> C`` maps on
+    the channel dim for a low-dimensional code space (the "factorized codes"
+    of ViT-VQGAN, Yu et al. 2022), identities when ``C == D``."""
+    if in_channels == code_dim:
+        return nn.Identity(), nn.Identity()
+    return nn.Linear(in_channels, code_dim), nn.Linear(code_dim, in_channels)
+
+
+# --- helpers of the multi-level wrappers (residual, product, hierarchical) ---
+def build_quantizer(cfg: QuantizerCfg) -> nn.Module:
+    """A ``QUANTIZERS`` config built, or an already built module as is."""
+    return cfg if isinstance(cfg, nn.Module) else QUANTIZERS.build(cfg)
+
+
+def run_quantizer(quantizer: nn.Module, z: torch.Tensor,
+                  **options) -> QuantizerOutput:
+    """``quantizer(z, **options)`` with only the options that are not
+    ``None`` (e.g. ``mask``, ``num_scales``), so a quantizer that does not
+    take an option works wherever the option is unused."""
+    return quantizer(z, **{k: v for k, v in options.items() if v is not None})
+
+
+def merge_level_losses(level_losses: Sequence[Dict[str, torch.Tensor]],
+                       prefixes: Optional[Sequence[str]] = None,
+                       reduction: str = 'sum') -> Dict[str, torch.Tensor]:
+    """Combine the loss dicts of the levels (depths, branches, ...) of a
+    multi-level quantizer.
+
+    Without ``prefixes`` terms of the same name are reduced over the levels
+    (``'sum'`` or ``'mean'`` over the levels that have the term). With
+    ``prefixes`` every level's terms are kept under ``prefix + name``
+    (already divided by the number of levels for ``'mean'``), so their sum,
+    which mmengine takes over every key containing ``'loss'``, is the same.
+    """
+    merged: Dict[str, List[torch.Tensor]] = {}
+    for i, losses in enumerate(level_losses):
+        for name, value in losses.items():
+            key = name if prefixes is None else prefixes[i] + name
+            merged.setdefault(key, []).append(value)
+    if prefixes is not None and reduction == 'mean':
+        return {k: v[0] / len(level_losses) for k, v in merged.items()}
+    reduce = torch.mean if reduction == 'mean' else torch.sum
+    return {k: reduce(torch.stack(v)) for k, v in merged.items()}
+
+
+def merge_level_stats(level_stats: Sequence[Dict[str, torch.Tensor]],
+                      prefixes: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """Every level's stats under its prefix (e.g. ``'depth0.perplexity'``)
+    plus top-level ``perplexity`` and ``usage``: the mean over the levels
+    (when every level reports it)."""
+    stats = {
+        prefix + name: value
+        for prefix, level in zip(prefixes, level_stats)
+        for name, value in level.items()
+    }
+    for name in ('perplexity', 'usage'):
+        if all(name in level for level in level_stats):
+            stats[name] = torch.stack(
+                [level[name].float() for level in level_stats]).mean()
+    return stats
 
 
 def flat_tokens(quantizer: nn.Module, indices) -> torch.Tensor:

@@ -13,7 +13,8 @@ import torch.nn as nn
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import BaseQuantizer, straight_through, usage_stats
+from .base import (BaseQuantizer, check_latent, code_space_projections, straight_through,
+                   usage_stats)
 
 
 @QUANTIZERS.register_module()
@@ -110,12 +111,8 @@ class FiniteScalarQuantizer(BaseQuantizer):
         self.index_offset = int((self.half_width * self.basis).sum())
 
         code_dim = len(self.levels)
-        if self.in_channels != code_dim:
-            self.project_in = nn.Linear(self.in_channels, code_dim)
-            self.project_out = nn.Linear(code_dim, self.in_channels)
-        else:
-            self.project_in = nn.Identity()
-            self.project_out = nn.Identity()
+        self.project_in, self.project_out = code_space_projections(
+            self.in_channels, code_dim)
 
     @property
     def codebook_size(self) -> int:
@@ -193,9 +190,7 @@ class FiniteScalarQuantizer(BaseQuantizer):
         ``S = prod(spatial)``, and the index shape ``(B, *spatial)``. The
         in-projection runs in fp32 too, so autocast cannot change the
         indices. Channel-first throughout: no layout copies."""
-        if z.dim() < 2 or z.shape[1] != self.in_channels:
-            raise ValueError(f'z must be (B, {self.in_channels}, *spatial), '
-                             f'got shape {tuple(z.shape)}')
+        check_latent(z, self.in_channels)
         grid = z.reshape(z.shape[0], z.shape[1], -1)
         with torch.autocast(z.device.type, enabled=False):
             u = self.project_in(grid.float().transpose(1, 2)).transpose(1, 2)
@@ -243,6 +238,7 @@ class FiniteScalarQuantizer(BaseQuantizer):
                 Padded positions get indices and quantized values but are
                 left out of the stats.
         """
+        check_latent(z, self.in_channels, mask)
         u, index_shape = self._to_code_space(z)
         bounded, levels = self._quantize(u)
         indices = self._levels_to_indices(levels)
@@ -250,11 +246,6 @@ class FiniteScalarQuantizer(BaseQuantizer):
 
         indices_real = indices
         if mask is not None:
-            if mask.dtype != torch.bool or mask.shape != index_shape:
-                raise ValueError(
-                    f'mask must be a bool tensor of shape '
-                    f'{tuple(index_shape)}, got {mask.dtype} of shape '
-                    f'{tuple(mask.shape)}')
             indices_real = indices[mask.reshape(indices.shape)]
 
         normalised = bounded / self._per_channel(self.half_width, 3)

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import BaseQuantizer
-from .residual import (QuantizerCfg, build_quantizer, merge_level_losses,
-                       merge_level_stats, run_quantizer)
+from .base import (BaseQuantizer, QuantizerCfg, build_quantizer,
+                   merge_level_losses, merge_level_stats, run_quantizer)
 
 #: side of the block of bottom tokens under one top token
 FACTOR = 2

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import (BaseQuantizer, flatten_channels_last, straight_through,
+from .base import (BaseQuantizer, check_latent, code_space_projections,
+                   flatten_channels_last, straight_through,
                    unflatten_channels_first, usage_stats)
 
 ENTROPY_LOSS_MODES = ('exact', 'marginal')
@@ -228,12 +229,8 @@ class LookupFreeQuantizer(BaseQuantizer):
         exponents = torch.arange(codebook_bits, dtype=torch.long).flip(0)
         self.register_buffer('bit_weights', 2**exponents, persistent=False)
 
-        if self.in_channels != codebook_bits:
-            self.project_in = nn.Linear(self.in_channels, codebook_bits)
-            self.project_out = nn.Linear(codebook_bits, self.in_channels)
-        else:
-            self.project_in = nn.Identity()
-            self.project_out = nn.Identity()
+        self.project_in, self.project_out = code_space_projections(
+            self.in_channels, codebook_bits)
 
     @property
     def codebook_size(self) -> int:
@@ -243,9 +240,7 @@ class LookupFreeQuantizer(BaseQuantizer):
         """``(B, C, *spatial)`` -> fp32 code-space vectors ``u`` ``(N, d)``
         and the index shape ``(B, *spatial)``. The in-projection runs in
         fp32 too, so autocast cannot change the signs."""
-        if z.dim() < 2 or z.shape[1] != self.in_channels:
-            raise ValueError(f'z must be (B, {self.in_channels}, *spatial), '
-                             f'got shape {tuple(z.shape)}')
+        check_latent(z, self.in_channels)
         flat, index_shape = flatten_channels_last(z)
         with torch.autocast(flat.device.type, enabled=False):
             u = self.project_in(flat.float())
@@ -315,6 +310,7 @@ class LookupFreeQuantizer(BaseQuantizer):
                 Padded positions get indices and quantized values but are
                 left out of the losses and the stats.
         """
+        check_latent(z, self.in_channels, mask)
         u, index_shape = self._to_code_space(z)
         bits = u > 0
         indices = self._bits_to_indices(bits)
@@ -323,11 +319,6 @@ class LookupFreeQuantizer(BaseQuantizer):
         if mask is None:
             u_real, codes_real, indices_real = u, codes, indices
         else:
-            if mask.dtype != torch.bool or mask.shape != index_shape:
-                raise ValueError(
-                    f'mask must be a bool tensor of shape '
-                    f'{tuple(index_shape)}, got {mask.dtype} of shape '
-                    f'{tuple(mask.shape)}')
             real = mask.reshape(-1)
             u_real, codes_real = u[real], codes[real]
             indices_real = indices[real]

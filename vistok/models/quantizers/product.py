@@ -11,9 +11,8 @@ import torch.nn as nn
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import BaseQuantizer
-from .residual import (QuantizerCfg, build_quantizer, merge_level_losses,
-                       merge_level_stats, run_quantizer)
+from .base import (BaseQuantizer, QuantizerCfg, build_quantizer,
+                   merge_level_losses, merge_level_stats, run_quantizer)
 
 #: per-branch indices: a tensor, or a list of tensors (e.g. the per-scale
 #: maps of a multi-scale quantizer)

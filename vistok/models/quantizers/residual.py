@@ -2,81 +2,23 @@
 Generation using Residual Quantization", §3.1) over any quantizer,
 with MARVEL's per-depth scales (multi-depth lookup-free quantization) and
 SoundStream's quantizer dropout (Zeghidour et al. 2021, §3.3).
-
-Also home of the small helpers the multi-level wrappers (residual, product,
-hierarchical) share: building a sub-quantizer, calling it with only the
-options that are set, and merging per-level losses and stats.
 """
 import copy
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import BaseQuantizer, straight_through
+from .base import (BaseQuantizer, check_latent, QuantizerCfg, build_quantizer,
+                   merge_level_losses, merge_level_stats, run_quantizer,
+                   straight_through)
 
 #: index written for a depth that quantizer dropout removed; ``decode``
 #: gives such a depth a zero contribution
 DROPPED_INDEX = -1
 DEPTH_LOSS_REDUCTIONS = ('sum', 'mean')
-
-QuantizerCfg = Union[dict, nn.Module]
-
-
-def build_quantizer(cfg: QuantizerCfg) -> nn.Module:
-    """A ``QUANTIZERS`` config built, or an already built module as is."""
-    return cfg if isinstance(cfg, nn.Module) else QUANTIZERS.build(cfg)
-
-
-def run_quantizer(quantizer: nn.Module, z: torch.Tensor,
-                  **options) -> QuantizerOutput:
-    """``quantizer(z, **options)`` with only the options that are not
-    ``None`` (e.g. ``mask``, ``num_scales``), so a quantizer that does not
-    take an option works wherever the option is unused."""
-    return quantizer(z, **{k: v for k, v in options.items() if v is not None})
-
-
-def merge_level_losses(level_losses: Sequence[Dict[str, torch.Tensor]],
-                       prefixes: Optional[Sequence[str]] = None,
-                       reduction: str = 'sum') -> Dict[str, torch.Tensor]:
-    """Combine the loss dicts of the levels (depths, branches, ...) of a
-    multi-level quantizer.
-
-    Without ``prefixes`` terms of the same name are reduced over the levels
-    (``'sum'`` or ``'mean'`` over the levels that have the term). With
-    ``prefixes`` every level's terms are kept under ``prefix + name``
-    (already divided by the number of levels for ``'mean'``), so their sum,
-    which mmengine takes over every key containing ``'loss'``, is the same.
-    """
-    merged: Dict[str, List[torch.Tensor]] = {}
-    for i, losses in enumerate(level_losses):
-        for name, value in losses.items():
-            key = name if prefixes is None else prefixes[i] + name
-            merged.setdefault(key, []).append(value)
-    if prefixes is not None and reduction == 'mean':
-        return {k: v[0] / len(level_losses) for k, v in merged.items()}
-    reduce = torch.mean if reduction == 'mean' else torch.sum
-    return {k: reduce(torch.stack(v)) for k, v in merged.items()}
-
-
-def merge_level_stats(level_stats: Sequence[Dict[str, torch.Tensor]],
-                      prefixes: Sequence[str]) -> Dict[str, torch.Tensor]:
-    """Every level's stats under its prefix (e.g. ``'depth0.perplexity'``)
-    plus top-level ``perplexity`` and ``usage``: the mean over the levels
-    (when every level reports it)."""
-    stats = {
-        prefix + name: value
-        for prefix, level in zip(prefixes, level_stats)
-        for name, value in level.items()
-    }
-    for name in ('perplexity', 'usage'):
-        if all(name in level for level in level_stats):
-            stats[name] = torch.stack(
-                [level[name].float() for level in level_stats]).mean()
-    return stats
-
 
 @QUANTIZERS.register_module()
 class ResidualQuantizer(BaseQuantizer):
@@ -199,15 +141,7 @@ class ResidualQuantizer(BaseQuantizer):
         return self.quantizers[0 if self.shared_codebook else d]
 
     def _check(self, z: torch.Tensor, mask: Optional[torch.Tensor]):
-        if z.dim() < 3 or z.shape[1] != self.in_channels:
-            raise ValueError(f'z must be (B, {self.in_channels}, *spatial), '
-                             f'got shape {tuple(z.shape)}')
-        index_shape = (z.shape[0], *z.shape[2:])
-        if mask is not None and (mask.dtype != torch.bool
-                                 or tuple(mask.shape) != index_shape):
-            raise ValueError(f'mask must be a bool tensor of shape '
-                             f'{index_shape}, got {mask.dtype} of shape '
-                             f'{tuple(mask.shape)}')
+        check_latent(z, self.in_channels, mask, min_spatial_dims=1)
 
     def _sample_num_depths(self, batch_size: int,
                            device: torch.device) -> torch.Tensor:

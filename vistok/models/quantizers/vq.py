@@ -16,7 +16,8 @@ from safetensors.torch import load_file as load_safetensors
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
 from vistok.utils.checkpoint import load_checkpoint_file
-from .base import (BaseQuantizer, flatten_channels_last, straight_through,
+from .base import (BaseQuantizer, check_latent, code_space_projections,
+                   flatten_channels_last, straight_through,
                    unflatten_channels_first, usage_stats)
 from .dist_utils import all_reduce_sum_, broadcast_from_rank0_, get_rank
 
@@ -327,12 +328,8 @@ class VectorQuantizer(BaseQuantizer):
             self.register_buffer('mix_weight', torch.zeros(()))
         self.set_codes(init)
 
-        if self.in_channels != embed_dim:
-            self.project_in = nn.Linear(self.in_channels, embed_dim)
-            self.project_out = nn.Linear(embed_dim, self.in_channels)
-        else:
-            self.project_in = nn.Identity()
-            self.project_out = nn.Identity()
+        self.project_in, self.project_out = code_space_projections(
+            self.in_channels, embed_dim)
 
     def _check_options(self, codebook_size, embed_dim, ema_decay, ema_eps,
                        gradient_estimator, restart_threshold, restart_decay,
@@ -486,10 +483,7 @@ class VectorQuantizer(BaseQuantizer):
     def _to_code_space(self, z: torch.Tensor):
         """``(B, C, *spatial)`` -> fp32 code-space vectors ``(N, D)`` and the
         index shape ``(B, *spatial)``."""
-        if z.dim() < 3 or z.shape[1] != self.in_channels:
-            raise ValueError(f'z must be (B, {self.in_channels}, *spatial) '
-                             f'with at least one spatial dim, got shape '
-                             f'{tuple(z.shape)}')
+        check_latent(z, self.in_channels, min_spatial_dims=1)
         flat, index_shape = flatten_channels_last(z)
         flat = self.project_in(flat)
         with torch.autocast(flat.device.type, enabled=False):
@@ -597,12 +591,9 @@ class VectorQuantizer(BaseQuantizer):
                 mask: Optional[torch.Tensor] = None) -> QuantizerOutput:
         """Quantize ``z`` ``(B, C, *spatial)``; ``mask`` ``(B, *spatial)``
         bool, True = real token. See the class docstring."""
+        check_latent(z, self.in_channels, mask, min_spatial_dims=1)
         flat, index_shape = self._to_code_space(z)
         if mask is not None:
-            if mask.dtype != torch.bool or mask.shape != index_shape:
-                raise ValueError(f'mask must be a bool tensor of shape '
-                                 f'{tuple(index_shape)} (B, *spatial), got '
-                                 f'{mask.dtype} {tuple(mask.shape)}')
             mask = mask.reshape(-1)
 
         def unmasked(x):
