@@ -342,3 +342,17 @@ def test_toy_learning():
     out = quantizer(data)
     assert error() < 0.7 * initial
     assert out.stats['usage'] > 0.8
+
+
+def test_shared_ema_codebook_stays_exact_in_training():
+    """Depth 2's EMA update changes codes depth 1 used; the output must still
+    equal decode(indices) with the codebook as it is after the call."""
+    torch.manual_seed(0)
+    rq = QUANTIZERS.build(dict(
+        type='ResidualQuantizer', depth=3, shared_codebook=True,
+        quantizer=dict(type='VectorQuantizer', codebook_size=8,
+                       embed_dim=CHANNELS, ema_decay=0.5)))
+    rq.train()
+    for _ in range(2):
+        out = rq(torch.randn(2, CHANNELS, 5, 5))
+        assert torch.equal(out.quantized, rq.decode(out.indices))

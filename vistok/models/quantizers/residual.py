@@ -190,13 +190,18 @@ class ResidualQuantizer(BaseQuantizer):
         # depths no sample kept are not run at all
         indices += [indices[0].new_full(indices[0].shape, DROPPED_INDEX)
                     ] * (self.depth - active)
+        indices = torch.stack(indices, -1)
+        if self.training and self.shared_codebook:
+            # a later depth's codebook update (EMA, restart) can change codes
+            # an earlier depth used: rebuild the output from the final codes
+            total = self.decode(indices).detach()
         prefixes = [f'depth{d}.' for d in range(active)]
         stats = merge_level_stats(stats, prefixes)
         if num_depths is not None:
             stats['num_depths'] = num_depths
         return QuantizerOutput(
             quantized=straight_through(z, total),
-            indices=torch.stack(indices, -1),
+            indices=indices,
             loss=merge_level_losses(
                 losses, prefixes if self.per_depth_loss else None,
                 self.depth_loss_reduction),
