@@ -165,3 +165,15 @@ def test_kill_during_write_keeps_previous_checkpoint(tmp_path):
         proc.wait()
     assert torch.equal(load_checkpoint_file(path)['state_dict']['w'],
                        torch.ones(3))
+
+
+def test_many_random_garbage_files_all_fail_clearly(tmp_path):
+    """Random bytes make torch's unpickler raise assorted error types; every
+    one must become a CheckpointLoadError naming the file."""
+    import random
+    rng = random.Random(0)
+    for i in range(200):
+        path = tmp_path / f'garbage_{i}.pth'
+        path.write_bytes(rng.randbytes(rng.randint(1, 4096)))
+        with pytest.raises(CheckpointLoadError, match=f'garbage_{i}.pth'):
+            load_checkpoint_file(path)

@@ -20,7 +20,6 @@ import os.path as osp
 import pickle
 import re
 import tempfile
-import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -147,8 +146,7 @@ def load_checkpoint_file(filename, map_location=None):
             f'checkpoint {filename} is corrupt, or a raw / legacy pickle that '
             'safe loading cannot read (nothing from it was executed).' + trust
             + f' Details: {detail}') from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError,
-            ValueError) as err:
+    except Exception as err:  # damaged bytes surface as many error types
         raise CheckpointLoadError(
             f'checkpoint {filename} is truncated or corrupt and cannot be '
             f'read ({type(err).__name__}: {_first_line(err)})'
