@@ -15,3 +15,22 @@ def subprocess_env(**extra):
     env.setdefault('OMP_NUM_THREADS', '1')
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def train_quantizer(quantizer, data, steps=60, lr=0.05):
+    """Fit ``quantizer`` to reconstruct ``data`` with Adam on its own loss
+    terms; returns ``(initial_error, final_error, final_output)`` (errors
+    are the mean squared error of ``quantized`` against ``data``)."""
+    import torch
+    optimizer = torch.optim.Adam(quantizer.parameters(), lr=lr)
+
+    def error():
+        return ((quantizer(data).quantized - data)**2).mean().item()
+
+    initial = error()
+    for _ in range(steps):
+        out = quantizer(data)
+        optimizer.zero_grad()
+        sum(out.loss.values()).backward()
+        optimizer.step()
+    return initial, error(), quantizer(data)

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 # importing the family modules registers them in QUANTIZERS
+from _helpers import train_quantizer
 from vistok.models.quantizers.fsq import FiniteScalarQuantizer  # noqa: F401
 from vistok.models.quantizers.hierarchical import HierarchicalQuantizer
 from vistok.models.quantizers.lfq import LookupFreeQuantizer  # noqa: F401
@@ -245,17 +246,6 @@ def test_toy_learning():
         quantizer.top.codebook.copy_(top_vectors[:8])
         quantizer.bottom.codebook.copy_(
             0.5 * data.movedim(1, -1).reshape(-1, C)[:8])
-    optimizer = torch.optim.Adam(quantizer.parameters(), lr=0.05)
-
-    def error():
-        return ((quantizer(data).quantized - data)**2).mean().item()
-
-    initial = error()
-    for _ in range(60):
-        out = quantizer(data)
-        optimizer.zero_grad()
-        sum(out.loss.values()).backward()
-        optimizer.step()
-    out = quantizer(data)
-    assert error() < 0.7 * initial
+    initial, final, out = train_quantizer(quantizer, data)
+    assert final < 0.7 * initial
     assert out.stats['top.usage'] > 0.8 and out.stats['bottom.usage'] > 0.8

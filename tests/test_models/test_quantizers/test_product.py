@@ -2,6 +2,7 @@ import pytest
 import torch
 
 # importing the family modules registers them in QUANTIZERS
+from _helpers import train_quantizer
 from vistok.models.quantizers.base import BaseQuantizer
 from vistok.models.quantizers.fsq import FiniteScalarQuantizer  # noqa: F401
 from vistok.models.quantizers.lfq import LookupFreeQuantizer  # noqa: F401
@@ -275,16 +276,6 @@ def test_toy_learning():
     with torch.no_grad():
         for branch, part in zip(pq.branches, data.split(2, 1)):
             branch.codebook.copy_(part[0, :, :8].t())
-    optimizer = torch.optim.Adam(pq.parameters(), lr=0.05)
-
-    def error():
-        return ((pq(data).quantized - data)**2).mean().item()
-
-    initial = error()
-    for _ in range(60):
-        out = pq(data)
-        optimizer.zero_grad()
-        sum(out.loss.values()).backward()
-        optimizer.step()
-    assert error() < 0.7 * initial
-    assert pq(data).stats['usage'] > 0.8
+    initial, final, out = train_quantizer(pq, data)
+    assert final < 0.7 * initial
+    assert out.stats['usage'] > 0.8

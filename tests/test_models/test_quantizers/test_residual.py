@@ -2,6 +2,7 @@ import pytest
 import torch
 
 # importing the family modules registers them in QUANTIZERS
+from _helpers import train_quantizer
 from vistok.models.quantizers.fsq import FiniteScalarQuantizer  # noqa: F401
 from vistok.models.quantizers.lfq import LookupFreeQuantizer  # noqa: F401
 from vistok.models.quantizers.residual import (DROPPED_INDEX,
@@ -328,19 +329,8 @@ def test_toy_learning():
     with torch.no_grad():
         for d, sub in enumerate(quantizer.quantizers):
             sub.codebook.copy_(0.3**d * data[0, :, :8].t())
-    optimizer = torch.optim.Adam(quantizer.parameters(), lr=0.05)
-
-    def error():
-        return ((quantizer(data).quantized - data)**2).mean().item()
-
-    initial = error()
-    for _ in range(60):
-        out = quantizer(data)
-        optimizer.zero_grad()
-        sum(out.loss.values()).backward()
-        optimizer.step()
-    out = quantizer(data)
-    assert error() < 0.7 * initial
+    initial, final, out = train_quantizer(quantizer, data)
+    assert final < 0.7 * initial
     assert out.stats['usage'] > 0.8
 
 

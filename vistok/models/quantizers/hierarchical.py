@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import (BaseQuantizer, QuantizerCfg, build_quantizer,
+from .base import (BaseQuantizer, check_latent, QuantizerCfg, build_quantizer,
                    merge_level_losses, merge_level_stats, run_quantizer)
 
 #: side of the block of bottom tokens under one top token
@@ -133,12 +133,7 @@ class HierarchicalQuantizer(BaseQuantizer):
                 f'z must be (B, {self.in_channels}, H, W) with even H and W '
                 f'(HierarchicalQuantizer is 2-D only), got shape '
                 f'{tuple(z.shape)}')
-        index_shape = (z.shape[0], *z.shape[2:])
-        if mask is not None and (mask.dtype != torch.bool
-                                 or tuple(mask.shape) != index_shape):
-            raise ValueError(f'mask must be a bool tensor of shape '
-                             f'{index_shape}, got {mask.dtype} of shape '
-                             f'{tuple(mask.shape)}')
+        check_latent(z, self.in_channels, mask)
 
     @staticmethod
     def _project(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
