@@ -1,3 +1,11 @@
+from .adversarial import (GAN_LOSS_TYPES, AdversarialLoss, adaptive_gan_weight,
+                          discriminator_gan_loss, generator_gan_loss,
+                          r1_penalty)
+from .perceptual import LPIPS, PerceptualFeatureLoss
 from .reconstruction import CharbonnierLoss, L1Loss, MSELoss, PixelLoss
 
-__all__ = ['PixelLoss', 'L1Loss', 'MSELoss', 'CharbonnierLoss']
+__all__ = [
+    'PixelLoss', 'L1Loss', 'MSELoss', 'CharbonnierLoss', 'AdversarialLoss',
+    'GAN_LOSS_TYPES', 'adaptive_gan_weight', 'discriminator_gan_loss',
+    'generator_gan_loss', 'r1_penalty', 'LPIPS', 'PerceptualFeatureLoss'
+]
