@@ -173,3 +173,6 @@ HEADS = _family('HEADS', 'head', ['vistok.models.heads'])
 LOSSES = _family('LOSSES', 'loss', ['vistok.models.losses'])
 DISCRIMINATORS = _family('DISCRIMINATORS', 'discriminator',
                          ['vistok.models.discriminators'])
+#: image feature extractors for FID / IS / KID (Inception flavours, test stand-ins)
+FEATURE_EXTRACTORS = _family('FEATURE_EXTRACTORS', 'feature extractor',
+                             ['vistok.evaluation'])

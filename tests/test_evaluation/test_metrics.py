@@ -94,6 +94,6 @@ def test_evaluator_with_data_samples():
     evaluator = Evaluator([PSNR(), CodebookUsage()])
     evaluator.process(samples)
     result = evaluator.evaluate(3)
-    assert set(result) == {'psnr', 'usage', 'perplexity'}
+    assert set(result) == {'psnr', 'usage', 'perplexity', 'entropy'}
     assert result['usage'] == 3 / 4
     assert result['perplexity'] == pytest.approx(3.0, rel=1e-6)

@@ -1,4 +1,12 @@
-"""Evaluation: importing this package registers vistok's metrics."""
-from .metrics import PSNR, CodebookUsage
+"""Evaluation: importing this package registers vistok's metrics and feature
+extractors."""
+from .feature_extractors import (FeatureExtractor, InceptionV3Compat,
+                                 PytorchFIDInception, RandomConvFeatures)
+from .metrics import (PSNR, SSIM, CodebookUsage, FrechetInceptionDistance,
+                      LPIPSMetric)
 
-__all__ = ['PSNR', 'CodebookUsage']
+__all__ = [
+    'PSNR', 'SSIM', 'CodebookUsage', 'FrechetInceptionDistance', 'LPIPSMetric',
+    'FeatureExtractor', 'InceptionV3Compat', 'PytorchFIDInception',
+    'RandomConvFeatures'
+]

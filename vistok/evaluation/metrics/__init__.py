@@ -1,4 +1,10 @@
 from .codebook_usage import CodebookUsage
+from .fid import FrechetInceptionDistance, fid_protocol_fingerprint
+from .lpips import LPIPSMetric
 from .psnr import PSNR
+from .ssim import SSIM, ssim
 
-__all__ = ['PSNR', 'CodebookUsage']
+__all__ = [
+    'PSNR', 'SSIM', 'ssim', 'CodebookUsage', 'FrechetInceptionDistance',
+    'fid_protocol_fingerprint', 'LPIPSMetric'
+]

@@ -1,28 +1,69 @@
-"""Codebook usage of the tokens over an evaluation set."""
-from typing import List, Optional, Sequence, Tuple
+"""Codebook usage of the tokens over an evaluation set, jointly and per
+quantizer level."""
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from mmengine.evaluator import BaseMetric
 
-from vistok.models.quantizers.base import perplexity_from_counts
+from vistok.models.quantizers.base import usage_stats
 from vistok.registry import METRICS
+
+#: one sample's sparse histogram: (distinct ids, their counts, codebook size)
+SparseCounts = Tuple[torch.Tensor, torch.Tensor, int]
+#: the metrics reported per histogram (see ``usage_stats``)
+REPORTED = ('usage', 'perplexity', 'entropy')
+
+
+def sparse_counts(tokens: torch.Tensor, codebook_size: int) -> SparseCounts:
+    """Distinct ids of ``tokens`` (any shape) and their counts; negative
+    (dropped) ids are ignored."""
+    tokens = tokens.detach().cpu().reshape(-1).long()
+    codes, counts = torch.unique(tokens[tokens >= 0], return_counts=True)
+    return codes, counts, int(codebook_size)
+
+
+def dense_histogram(parts: Sequence[SparseCounts],
+                    size_field: str) -> torch.Tensor:
+    """Sum the per-sample sparse histograms of one vocabulary into ``(K,)``;
+    ``size_field`` (the sample field giving ``K``) is named in errors."""
+    sizes = {size for _, _, size in parts}
+    if len(sizes) != 1:
+        raise ValueError(f'samples disagree on {size_field}: {sorted(sizes)}')
+    size = sizes.pop()
+    histogram = torch.zeros(size, dtype=torch.long)
+    for codes, counts, _ in parts:
+        if len(codes) and codes.max() >= size:
+            raise ValueError(f'token id {int(codes.max())} is outside the '
+                             f'{size_field} = {size} codes')
+        histogram.index_add_(0, codes, counts)
+    return histogram
 
 
 @METRICS.register_module()
 class CodebookUsage(BaseMetric):
-    """Usage and perplexity of the token histogram over the whole set.
+    """Usage, perplexity and entropy of the token histograms over the set.
 
-    ``process`` keeps each sample's histogram in sparse form (its distinct
+    ``process`` keeps each sample's histograms in sparse form (distinct
     tokens and their counts), so the results stay small for large codebooks
-    and mmengine's ``collect_results`` can drop the samples a distributed
-    sampler padded; ``compute_metrics`` sums them into the histogram
-    ``n (K,)`` and reports
+    and mmengine's ``collect_results`` gathers them across ranks and drops
+    the samples a distributed sampler padded. ``compute_metrics`` sums them
+    into histograms ``n (K,)`` and reports, via
+    :func:`~vistok.models.quantizers.base.usage_stats`:
 
     * ``usage``: fraction of the ``K`` codes used at least once;
-    * ``perplexity``: ``exp(-Σ p log p)`` with ``p = n / Σ n`` (natural log).
+    * ``entropy``: ``H = -Σ p log p`` with ``p = n / Σ n`` (natural log);
+    * ``perplexity``: ``exp(H)``.
 
-    Each sample needs ``tokens`` (integer tensor of any shape) and
-    ``codebook_size`` ``K``.
+    These come for the joint vocabulary from each sample's ``tokens``
+    (integer tensor of any shape) and metainfo ``codebook_size`` ``K``, and,
+    when samples carry ``token_levels`` (dict level prefix → the sample's
+    tokens of that level) and metainfo ``level_codebook_sizes`` (dict prefix
+    → ``K`` of that level), for every level as ``{prefix}usage``,
+    ``{prefix}perplexity`` and ``{prefix}entropy`` (prefixes as in the
+    quantizer's stats, see
+    :func:`~vistok.models.quantizers.base.token_levels`; a single-level
+    quantizer's prefix ``''`` gives the joint numbers again). Negative
+    (dropped) token ids are ignored.
 
     Args:
         collect_device, prefix: see ``mmengine.evaluator.BaseMetric``.
@@ -33,22 +74,42 @@ class CodebookUsage(BaseMetric):
                  prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
 
-    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+    def process(self, data_batch, data_samples: Sequence[Mapping]) -> None:
         for sample in data_samples:
-            codes, counts = torch.unique(
-                sample['tokens'].cpu().reshape(-1), return_counts=True)
-            self.results.append((codes, counts, int(sample['codebook_size'])))
+            levels = {}
+            if 'token_levels' in sample:
+                if 'level_codebook_sizes' not in sample:
+                    raise KeyError('a sample with token_levels needs the '
+                                   'metainfo level_codebook_sizes')
+                sizes = sample['level_codebook_sizes']
+                missing = sample['token_levels'].keys() - sizes.keys()
+                if missing:
+                    raise KeyError(f'level_codebook_sizes lacks the levels '
+                                   f'{sorted(missing)} of token_levels')
+                levels = {
+                    name: sparse_counts(tokens, sizes[name])
+                    for name, tokens in sample['token_levels'].items()
+                }
+            self.results.append(
+                dict(tokens=sparse_counts(sample['tokens'],
+                                          sample['codebook_size']),
+                     levels=levels))
 
-    def compute_metrics(
-            self, results: List[Tuple[torch.Tensor, torch.Tensor,
-                                      int]]) -> dict:
-        sizes = {size for _, _, size in results}
-        if len(sizes) != 1:
-            raise ValueError(f'samples disagree on codebook_size: {sizes}')
-        histogram = torch.zeros(sizes.pop(), dtype=torch.long)
-        for codes, counts, _ in results:
-            histogram.index_add_(0, codes, counts)
-        usage = (histogram > 0).float().mean().item()
-        return dict(
-            usage=usage,
-            perplexity=perplexity_from_counts(histogram).item())
+    def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
+        histograms = {'': dense_histogram(
+            [result['tokens'] for result in results], 'codebook_size')}
+        level_names = [sorted(result['levels']) for result in results]
+        if any(names != level_names[0] for names in level_names):
+            raise ValueError(
+                f'samples disagree on the token_levels prefixes: '
+                f'{sorted(set(map(tuple, level_names)))}')
+        for name in level_names[0]:
+            histograms[name] = dense_histogram(
+                [result['levels'][name] for result in results],
+                f'level_codebook_sizes[{name!r}]')
+        metrics = {}
+        for name, histogram in histograms.items():
+            stats = usage_stats(histogram, prefix=name)
+            metrics.update({name + key: stats[name + key].item()
+                            for key in REPORTED})
+        return metrics

@@ -220,3 +220,27 @@ def flat_tokens(quantizer: nn.Module, indices) -> torch.Tensor:
     if torch.is_tensor(indices):
         return indices.flatten(1)
     return torch.cat([level.flatten(1) for level in indices], dim=1)
+
+
+def token_levels(quantizer: nn.Module,
+                 indices,
+                 prefix: str = '') -> Dict[str, Tuple[torch.Tensor, int]]:
+    """The tokens of every level of ``quantizer``, keyed by the level prefix
+    its stats use (``'{prefix}code_counts'``).
+
+    Maps each prefix to ``(tokens (B, ...) int64, K)``: the level's ids in
+    its own codebook of ``K`` codes (not the joint vocabulary of
+    :func:`flat_tokens`); negative ids mark dropped positions and are to be
+    ignored by consumers. A multi-level quantizer answers through its own
+    ``token_levels(indices)`` (prefixes ``'depth{d}.'``, ``'scale{i}.'``,
+    ``'branch{p}.'``, ``'top.'`` / ``'bottom.'``, composed for nested
+    quantizers, e.g. ``'branch1.scale0.'``); any other quantizer has the
+    single level ``''``: ``{'': (indices, quantizer.codebook_size)}``.
+    ``prefix`` is put in front of every key (how multi-level quantizers
+    nest their sub-quantizers' levels).
+    """
+    if hasattr(quantizer, 'token_levels'):
+        levels = quantizer.token_levels(indices)
+    else:
+        levels = {'': (indices.long(), quantizer.codebook_size)}
+    return {prefix + name: level for name, level in levels.items()}

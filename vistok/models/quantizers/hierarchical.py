@@ -4,7 +4,7 @@ Auto-Regressive Modeling for Image Generation" (KakaoBrain's HQ-Transformer),
 as used by UniCode (Zheng et al. 2024, "UniCode: Learning a Unified Codebook
 for Multimodal Large Language Models", 8×8 + 16×16 tokens).
 """
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
 from .base import (BaseQuantizer, check_latent, QuantizerCfg, build_quantizer,
-                   merge_level_losses, merge_level_stats, run_quantizer)
+                   merge_level_losses, merge_level_stats, run_quantizer,
+                   token_levels)
 
 #: side of the block of bottom tokens under one top token
 FACTOR = 2
@@ -202,6 +203,21 @@ class HierarchicalQuantizer(BaseQuantizer):
                 f'shapes {tuple(top.shape)} and {tuple(bottom.shape)}')
         top_map = F.pixel_shuffle(self.top.decode(top), FACTOR)
         return top_map + self._bottom_decode(bottom)
+
+    def token_levels(
+        self, indices: Tuple[torch.Tensor, torch.Tensor]
+    ) -> Dict[str, Tuple[torch.Tensor, int]]:
+        """Tokens of each level (see
+        :func:`~vistok.models.quantizers.base.token_levels`): the top map
+        ``(B, h, w)`` under ``'top.'`` and the bottom map ``(B, 2h, 2w)``
+        under ``'bottom.'`` (level-local ids, no offset), each composed with
+        its quantizer's own levels as the stats are."""
+        top, bottom = indices
+        bottom_quantizer = self.top if self.shared_codebook else self.bottom
+        return {
+            **token_levels(self.top, top, 'top.'),
+            **token_levels(bottom_quantizer, bottom, 'bottom.')
+        }
 
     def to_sequence(
             self, indices: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

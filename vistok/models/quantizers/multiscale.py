@@ -7,7 +7,7 @@ shared codebook. Each scale quantizes what the previous ones left over, so the
 first maps already decode to a coarse version of the latent.
 """
 import copy
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -248,6 +248,19 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
                     f'indices[{i}] must be (B, {side}, {side}) for scales '
                     f'{list(self.scales)}, got shape {tuple(idx.shape)}')
         return maps
+
+    def token_levels(
+            self, indices: MultiScaleIndices
+    ) -> Dict[str, Tuple[torch.Tensor, int]]:
+        """Tokens of each scale (see
+        :func:`~vistok.models.quantizers.base.token_levels`): the map
+        ``(B, s_i, s_i)`` of scale ``i`` under ``'scale{i}.'`` with the shared
+        ``codebook_size``, as the stats count them; ``indices`` as for
+        :meth:`decode`."""
+        return {
+            f'scale{i}.': (idx.long(), self.codebook_size)
+            for i, idx in enumerate(self._as_maps(indices))
+        }
 
     # ------------------------------------------------------------ checks
     def _check_input(self, z: torch.Tensor) -> None:

@@ -4,7 +4,7 @@ its own quantizer, as the branches of ImageFolder (Li et al. 2025,
 "ImageFolder: Autoregressive Image Generation with Folded Tokens").
 """
 import copy
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -12,7 +12,8 @@ import torch.nn as nn
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
 from .base import (BaseQuantizer, QuantizerCfg, build_quantizer,
-                   merge_level_losses, merge_level_stats, run_quantizer)
+                   merge_level_losses, merge_level_stats, run_quantizer,
+                   token_levels)
 
 #: per-branch indices: a tensor, or a list of tensors (e.g. the per-scale
 #: maps of a multi-scale quantizer)
@@ -220,3 +221,19 @@ class ProductQuantizer(BaseQuantizer):
                 f'vocabulary (branch offsets {self.branch_offsets.tolist()},'
                 f' sizes {sizes.tolist()})')
         return torch.where(indices >= 0, local, indices)
+
+    def token_levels(self,
+                     indices: Indices) -> Dict[str, Tuple[torch.Tensor, int]]:
+        """Tokens of each branch (see
+        :func:`~vistok.models.quantizers.base.token_levels`): branch ``p``'s
+        local ids (no offsets) under ``'branch{p}.'``, composed with the
+        branch's own levels (e.g. ``'branch1.scale0.'``) as the stats are."""
+        branch_indices = unstack_branches(indices)
+        if len(branch_indices) != self.num_branches:
+            raise ValueError(
+                f'indices must have a trailing branch axis of length '
+                f'{self.num_branches}, got {len(branch_indices)}')
+        levels = {}
+        for p, (branch, ids) in enumerate(zip(self.branches, branch_indices)):
+            levels.update(token_levels(branch, ids, f'branch{p}.'))
+        return levels

@@ -4,7 +4,7 @@ with MARVEL's per-depth scales (multi-depth lookup-free quantization) and
 SoundStream's quantizer dropout (Zeghidour et al. 2021, §3.3).
 """
 import copy
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -13,7 +13,7 @@ from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
 from .base import (BaseQuantizer, check_latent, QuantizerCfg, build_quantizer,
                    merge_level_losses, merge_level_stats, run_quantizer,
-                   straight_through)
+                   straight_through, token_levels)
 
 #: index written for a depth that quantizer dropout removed; ``decode``
 #: gives such a depth a zero contribution
@@ -243,3 +243,18 @@ class ResidualQuantizer(BaseQuantizer):
             contribution = torch.where(kept.unsqueeze(1), contribution, 0)
             total = contribution if total is None else total + contribution
         return total
+
+    def token_levels(
+            self,
+            indices: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, int]]:
+        """Tokens of each depth (see
+        :func:`~vistok.models.quantizers.base.token_levels`): depth ``d``'s
+        ids ``indices[..., d]`` ``(B, *spatial)`` under ``'depth{d}.'``
+        (composed with its sub-quantizer's own levels, as the stats are);
+        ``DROPPED_INDEX`` entries stay negative."""
+        levels = {}
+        for d in range(indices.shape[-1]):
+            levels.update(
+                token_levels(self.quantizer_at(d), indices[..., d],
+                             f'depth{d}.'))
+        return levels
