@@ -40,3 +40,23 @@ def test_config_builds_its_model(path):
         images = torch.rand(1, 3, 64, 64) * 2 - 1
         assert model(images, mode='tensor').reconstruction.shape == \
             images.shape
+
+
+#: generator (tokenizer) parameter counts of paper configs
+PARAMETER_COUNTS = {
+    # taming-transformers' vqgan_imagenet_f16_16384
+    'configs/vqgan/vqgan_vq-16k_conv-f16_8xb12-400k_in1k-256.py': 76_073_859,
+}
+
+
+@pytest.mark.parametrize('rel_path,count', sorted(PARAMETER_COUNTS.items()))
+def test_paper_config_parameter_count(rel_path, count):
+    import vistok.models  # noqa: F401
+    from vistok.registry import MODELS
+    cfg = Config.fromfile(osp.join(REPO_ROOT, rel_path))
+    with DefaultScope.overwrite_default_scope('vistok'), \
+            torch.device('meta'):
+        model = MODELS.build(cfg.model)
+    generator = sum(p.numel() for part in model.generator_parts().values()
+                    for p in part.parameters())
+    assert generator == count

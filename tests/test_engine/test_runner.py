@@ -14,8 +14,10 @@ from mmengine.hooks import Hook
 from _helpers import REPO_ROOT, subprocess_env
 from vistok.apis import apply_cli_options, build_runner
 from vistok.utils.checkpoint import CheckpointLoadError, load_checkpoint_file
+from vistok.utils.export import extract_weights
 
 TINY = osp.join(REPO_ROOT, 'tests/data/configs/tiny_vqvae.py')
+TINY_GAN = osp.join(REPO_ROOT, 'tests/data/configs/tiny_vqgan.py')
 
 
 class RecordLosses(Hook):
@@ -38,8 +40,8 @@ class RecordLosses(Hook):
 
 
 def run(work_dir, name, *, resume=None, crash_after=None, amp=False,
-        options=None):
-    cfg = Config.fromfile(TINY)
+        options=None, config=TINY):
+    cfg = Config.fromfile(config)
     apply_cli_options(cfg, work_dir=str(work_dir), resume=resume, amp=amp,
                       cfg_options=options)
     cfg.experiment_name = name
@@ -88,6 +90,39 @@ def test_resume_auto_continues_exactly(tmp_path, uninterrupted):
         assert second[it] == full_losses[it], it
     resumed = weights(runner)
     assert all(torch.equal(resumed[k], full_weights[k]) for k in resumed)
+
+
+def test_gan_resume_continues_exactly(tmp_path):
+    """Two optimizers, two schedules, LeCam buffers, the EMA copy and the
+    discriminator all resume: the next iterations are those of an
+    uninterrupted run."""
+    options = {'train_cfg.max_iters': 8}
+    full, full_losses = run(tmp_path / 'full', 'full', options=options,
+                            config=TINY_GAN)
+    assert 'loss_disc' in full_losses[8] and 'loss_disc' not in full_losses[3]
+    _, first = run(tmp_path / 'part', 'part1', crash_after=6,
+                   options=options, config=TINY_GAN)
+    runner, second = run(tmp_path / 'part', 'part2', resume='auto',
+                         options=options, config=TINY_GAN)
+    assert sorted(second) == [5, 6, 7, 8]
+    for it in range(5, 9):
+        assert second[it] == full_losses[it], it
+    resumed, expected = weights(runner), weights(full)
+    assert any(k.startswith('ema.') for k in expected)
+    assert any(k.startswith('discriminator.') for k in expected)
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+    # exporting the EMA: averaged generator weights under the model's names
+    state = load_checkpoint_file(tmp_path / 'full' / 'iter_8.pth')
+    averaged = extract_weights(state, ema=True)
+    raw = extract_weights(state)
+    assert set(averaged) == set(raw) == {
+        k for k in expected if not k.startswith('ema.')}
+    assert torch.equal(averaged['decoder.conv_out.weight'],
+                       expected['ema.decoder.conv_out.weight'])
+    assert not torch.equal(averaged['decoder.conv_out.weight'],
+                           raw['decoder.conv_out.weight'])
+    assert torch.equal(averaged['discriminator.main.0.weight'],
+                       raw['discriminator.main.0.weight'])
 
 
 def test_resume_without_rng_restore_would_differ(tmp_path, uninterrupted):

@@ -1,3 +1,7 @@
 from .runner import apply_cli_options, build_runner, enable_amp
+from .tokenize import detokenize, load_tokenizer, tokenize
 
-__all__ = ['apply_cli_options', 'build_runner', 'enable_amp']
+__all__ = [
+    'apply_cli_options', 'build_runner', 'enable_amp', 'load_tokenizer',
+    'tokenize', 'detokenize'
+]

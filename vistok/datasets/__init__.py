@@ -8,11 +8,12 @@ from .image_folder import ImageFolderDataset
 from .procedural import ProceduralShapesDataset
 from .samplers import ResumableInfiniteSampler, SeededIndex
 from .skimage_photos import SkimagePhotoDataset
+from .token_shards import TokenShardDataset
 from .webdataset import WebDatasetShards
 
 __all__ = [
     'BaseImageDataset', 'ImageFolderDataset', 'ProceduralShapesDataset',
     'ResumableInfiniteSampler', 'SeededDatasetMixin', 'SeededIndex',
-    'SkimagePhotoDataset', 'WebDatasetShards', 'build_pipeline', 'samplers',
+    'SkimagePhotoDataset', 'TokenShardDataset', 'WebDatasetShards', 'build_pipeline', 'samplers',
     'transforms'
 ]

@@ -81,6 +81,12 @@ class VistokRunner(Runner):
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg, model):
+        if (self.distributed and not is_model_wrapper(model)
+                and getattr(model, 'syncs_gradients', False)):
+            cfg = dict(type='GradientSyncWrapper')
+            cfg.update(model_wrapper_cfg or {})
+            return MODEL_WRAPPERS.build(
+                cfg, default_args=dict(module=model.to(get_device())))
         if (not self.distributed or torch.cuda.is_available()
                 or is_model_wrapper(model)):
             return super().wrap_model(model_wrapper_cfg, model)

@@ -154,6 +154,18 @@ def load_checkpoint_file(filename, map_location=None):
     return from_safe(checkpoint)
 
 
+def _temporary_file(filename: str, suffix: str = ''):
+    """``(fd, path)`` of a new temporary file next to ``filename`` with the
+    permissions ``open()`` would give (``mkstemp`` makes files 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(filename) + '.',
+                               suffix=suffix,
+                               dir=osp.dirname(osp.abspath(filename)))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
 def save_checkpoint_atomic(checkpoint, filename) -> None:
     """Write ``checkpoint`` (made safe with :func:`to_safe`) to ``filename``
     through a temporary file and an atomic rename."""
@@ -161,8 +173,7 @@ def save_checkpoint_atomic(checkpoint, filename) -> None:
     directory = osp.dirname(osp.abspath(filename))
     os.makedirs(directory, exist_ok=True)
     safe = to_safe(checkpoint)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(filename) + '.',
-                               suffix='.tmp', dir=directory)
+    fd, tmp = _temporary_file(filename, suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
             torch.save(safe, f)
@@ -182,9 +193,7 @@ def save_checkpoint_atomic(checkpoint, filename) -> None:
 
 def write_text_atomic(text: str, filename) -> None:
     """Replace a small text file (e.g. ``last_checkpoint``) atomically."""
-    directory = osp.dirname(osp.abspath(filename))
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(filename) + '.',
-                               dir=directory)
+    fd, tmp = _temporary_file(str(filename))
     with os.fdopen(fd, 'w') as f:
         f.write(text)
     os.replace(tmp, filename)

@@ -6,28 +6,35 @@ from .checkpoint import load_checkpoint_file
 
 
 def extract_weights(checkpoint, ema=False, ema_prefix='ema.'):
-    """The model (or EMA) tensors of a loaded checkpoint.
+    """The model tensors of a loaded checkpoint, without its EMA copy.
 
-    With ``ema=True``: mmengine ``EMAHook``'s ``ema_state_dict`` (its
-    ``module.`` prefix removed) if present, else the model's own EMA copy,
-    i.e. the ``state_dict`` keys starting with ``ema_prefix`` (prefix
-    removed). A missing EMA is an error, never a silent fallback.
+    With ``ema=True`` the averaged weights replace the model's weights of the
+    same name, so the result loads into the model like the raw weights: the
+    model's own EMA copy (``state_dict`` keys starting with ``ema_prefix``,
+    e.g. ``ema.encoder.conv_in.weight`` for ``encoder.conv_in.weight``; its
+    bookkeeping such as ``ema.num_updates`` is dropped), or mmengine
+    ``EMAHook``'s ``ema_state_dict`` (keys prefixed ``module.``). A missing
+    EMA is an error, never a silent fallback.
     """
     if not isinstance(checkpoint, dict):
         raise ValueError(f'expected a checkpoint dict, got {type(checkpoint)}')
     state = checkpoint.get('state_dict', checkpoint)
+    weights = {k: v for k, v in state.items() if not k.startswith(ema_prefix)}
     if not ema:
-        return {k: v for k, v in state.items() if not k.startswith(ema_prefix)}
+        return weights
     if 'ema_state_dict' in checkpoint:
-        return {k[len('module.'):]: v
-                for k, v in checkpoint['ema_state_dict'].items()
-                if k.startswith('module.')}
-    weights = {k[len(ema_prefix):]: v for k, v in state.items()
-               if k.startswith(ema_prefix)}
-    if not weights:
+        averaged = {k[len('module.'):]: v
+                    for k, v in checkpoint['ema_state_dict'].items()
+                    if k.startswith('module.')}
+    else:
+        averaged = {k[len(ema_prefix):]: v for k, v in state.items()
+                    if k.startswith(ema_prefix)}
+    averaged = {k: v for k, v in averaged.items() if k in weights}
+    if not averaged:
         raise KeyError(f'the checkpoint has no EMA weights: no '
                        f'`ema_state_dict` and no state_dict key starting with '
-                       f'{ema_prefix!r}')
+                       f'{ema_prefix!r} that matches a model weight')
+    weights.update(averaged)
     return weights
 
 

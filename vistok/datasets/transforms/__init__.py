@@ -6,9 +6,10 @@ Images are RGB everywhere in vistok.
 """
 from .formatting import PackInputs
 from .loading import LoadImageRGB, read_image_rgb
-from .processing import RandomCrop, RandomResizedCrop
+from .processing import RandomCrop, RandomResizedCrop, ResizeShortEdge
 
 __all__ = [
     'LoadImageRGB', 'PackInputs', 'RandomCrop', 'RandomResizedCrop',
+    'ResizeShortEdge',
     'read_image_rgb'
 ]

@@ -110,3 +110,37 @@ class RandomResizedCrop(BaseTransform):
         return (f'{type(self).__name__}(size={self.size}, scale={self.scale}, '
                 f'ratio={self.ratio}, interpolation={self.interpolation!r}, '
                 f'backend={self.backend!r})')
+
+
+@TRANSFORMS.register_module()
+class ResizeShortEdge(BaseTransform):
+    """Resize so that the shorter side is ``size`` (aspect ratio kept; the
+    longer side rounded), as torchvision's ``Resize(int)``; used before a
+    centre crop in the standard ImageNet evaluation protocol.
+
+    Args:
+        size: target length of the shorter side.
+        interpolation, backend: ``mmcv.imresize`` options (default PIL
+            bicubic, the filter of TiTok's / LlamaGen's evaluation).
+    """
+
+    def __init__(self, size: int, interpolation: str = 'bicubic',
+                 backend: str = 'pillow'):
+        self.size = size
+        self.interpolation = interpolation
+        self.backend = backend
+
+    def transform(self, results: dict) -> dict:
+        height, width = results['img'].shape[:2]
+        scale = self.size / min(height, width)
+        new_w, new_h = (max(self.size, round(width * scale)),
+                        max(self.size, round(height * scale)))
+        results['img'] = mmcv.imresize(
+            results['img'], (new_w, new_h),
+            interpolation=self.interpolation, backend=self.backend)
+        results['img_shape'] = (new_h, new_w)
+        return results
+
+    def __repr__(self):
+        return (f'{type(self).__name__}(size={self.size}, interpolation='
+                f'{self.interpolation!r}, backend={self.backend!r})')

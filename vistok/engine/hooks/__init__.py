@@ -1,4 +1,9 @@
 from .checkpoint_hook import CheckpointHook
+from .codebook_usage_hook import CodebookUsageHook
+from .reconstruction_grid_hook import ReconstructionGridHook
 from .save_reconstructions_hook import SaveReconstructionsHook
 
-__all__ = ['CheckpointHook', 'SaveReconstructionsHook']
+__all__ = [
+    'CheckpointHook', 'CodebookUsageHook', 'ReconstructionGridHook',
+    'SaveReconstructionsHook'
+]

@@ -1,0 +1,165 @@
+"""Tokenize images and decode tokens back to images, outside the Runner.
+
+    model = load_tokenizer('configs/vqvae/<config>.py', 'iter_2000.pth')
+    indices = tokenize(model, images)      # (B, 3, H, W) uint8 -> indices
+    recon = detokenize(model, indices)     # indices -> (B, 3, H, W) uint8
+
+``indices`` is whatever the model's quantizer produces (see
+:mod:`vistok.models.quantizers`): a tensor ``(B, h, w)`` (VQ, LFQ, FSQ),
+``(B, h, w, D)`` (residual, trailing depth axis), ``(B, h, w, P)`` (product,
+trailing branch axis), a list of per-scale maps ``[(B, s_i, s_i)]``
+(multi-scale) or a tuple ``(top, bottom)`` (hierarchical).
+"""
+import contextlib
+import copy
+import os.path as osp
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.utils import import_modules_from_strings
+
+from vistok.registry import MODELS
+from vistok.utils.checkpoint import CheckpointLoadError, load_checkpoint_file
+
+Indices = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def map_indices(fn, indices: Indices) -> Indices:
+    """Apply ``fn`` to every tensor of an indices structure (tensor, list or
+    tuple of tensors), keeping the structure."""
+    if torch.is_tensor(indices):
+        return fn(indices)
+    if isinstance(indices, (list, tuple)):
+        return type(indices)(map_indices(fn, level) for level in indices)
+    raise TypeError(f'indices must be a tensor or a list / tuple of tensors, '
+                    f'got {type(indices).__name__}')
+
+
+def load_weights(checkpoint: str) -> dict:
+    """The model weights of ``checkpoint``: a vistok / mmengine checkpoint
+    (loaded safely, see :func:`vistok.utils.checkpoint.load_checkpoint_file`;
+    its ``state_dict`` is taken) or a ``.safetensors`` export."""
+    if not osp.isfile(checkpoint):
+        raise CheckpointLoadError(f'checkpoint {checkpoint} does not exist')
+    if checkpoint.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(checkpoint)
+    loaded = load_checkpoint_file(checkpoint, map_location='cpu')
+    state = loaded.get('state_dict', loaded) if isinstance(loaded,
+                                                           dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointLoadError(
+            f'checkpoint {checkpoint} holds no state dict (expected a dict '
+            f'of tensors or one under "state_dict")')
+    return state
+
+
+def load_tokenizer(config: Union[str, Config],
+                   checkpoint: Optional[str] = None,
+                   device: Union[str, torch.device] = 'cpu',
+                   cfg_options: Optional[dict] = None) -> nn.Module:
+    """Build ``config``'s model, load ``checkpoint`` strictly, move it to
+    ``device`` and put it in eval mode.
+
+    Args:
+        config: config file path or :class:`mmengine.config.Config` (not
+            modified: a copy gets the overrides).
+        checkpoint: a training checkpoint (its ``state_dict``) or a
+            ``.safetensors`` export; ``None`` keeps the random
+            initialisation. Full-pickle checkpoints load only after
+            :func:`vistok.utils.checkpoint.trust_pickled_checkpoints`.
+        device: where the model runs.
+        cfg_options: overrides, as ``--cfg-options`` (``{'model.x': 1}``).
+
+    EMA: the state dict is loaded as it is, with the model's own EMA copy
+    if it keeps one (:func:`tokenize` / :func:`detokenize` choose between
+    the two); for the weights of mmengine's ``EMAHook``, export them with
+    ``tools/model_converters/export_safetensors.py --ema`` and pass that
+    file. Frozen networks kept as non-persistent buffers (e.g. an LPIPS
+    trunk of the loss) are not in checkpoints and are not loaded here:
+    encoding and decoding must not need them.
+    """
+    cfg = (copy.deepcopy(config)
+           if isinstance(config, Config) else Config.fromfile(config))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if cfg.get('custom_imports'):
+        import_modules_from_strings(**cfg.custom_imports)
+    model = MODELS.build(cfg.model)
+    if checkpoint is not None:
+        state = load_weights(checkpoint)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise CheckpointLoadError(
+                f'checkpoint {checkpoint} does not fit the model of config '
+                f'{cfg.filename or "<in-memory config>"}: {err}') from None
+    return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _inference(model: nn.Module, use_ema: Optional[bool]):
+    """Eval mode, no autograd and the chosen weights inside; the previous
+    mode afterwards. ``use_ema=None`` follows the model (its EMA copy if it
+    keeps one and validates with it, ``ema_for_val``)."""
+    has_ema = getattr(model, 'ema', None) is not None
+    if use_ema and not has_ema:
+        raise ValueError(f'use_ema=True, but the {type(model).__name__} keeps '
+                         f'no EMA copy (config key model.ema)')
+    if use_ema is None:
+        use_ema = has_ema and getattr(model, 'ema_for_val', True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), (model.ema_weights()
+                               if use_ema else contextlib.nullcontext()):
+            yield
+    finally:
+        model.train(was_training)
+
+
+def tokenize(model: nn.Module,
+             images: Union[torch.Tensor, Sequence[torch.Tensor]],
+             use_ema: Optional[bool] = None) -> Indices:
+    """Token indices of ``images``.
+
+    Args:
+        model: a tokenizer with ``data_preprocessor`` and ``encode`` (e.g.
+            :class:`vistok.models.tokenizers.AutoencoderTokenizer`).
+        images: RGB pixels in ``[0, 255]``, ``uint8`` or float: a
+            ``(B, 3, H, W)`` tensor or a list of ``(3, H, W)`` tensors of
+            one size. The model's ``data_preprocessor`` normalises them
+            (e.g. to ``[-1, 1]``) and moves them to the model's device.
+        use_ema: encode with the model's EMA copy (``True``), its trained
+            weights (``False``) or as its validation does (``None``:
+            ``ema.use_for_val`` of a model with ``ema``).
+
+    Returns:
+        The quantizer's indices (see the module docstring), on the CPU.
+    """
+    shapes = ([tuple(images.shape[1:])] if torch.is_tensor(images) else
+              [tuple(img.shape) for img in images])
+    if (torch.is_tensor(images) and images.dim() != 4) or any(
+            len(s) != 3 or s[0] != 3 for s in shapes):
+        raise ValueError(f'images must be (B, 3, H, W) or a list of (3, H, W)'
+                         f' tensors, got shapes {shapes[:4]}')
+    with _inference(model, use_ema):
+        data = model.data_preprocessor(dict(inputs=images), training=False)
+        indices = model.encode(data['inputs'])
+    return map_indices(lambda t: t.cpu(), indices)
+
+
+def detokenize(model: nn.Module, indices: Indices,
+               use_ema: Optional[bool] = None) -> torch.Tensor:
+    """Images ``(B, 3, H, W)`` ``uint8`` RGB (on the CPU) decoded from
+    ``indices`` (the structure :func:`tokenize` returns): ``model.decode``,
+    then ``model.to_pixels`` (undo the normalisation, clamp to
+    ``[0, 255]``), rounded to the nearest integer. ``use_ema`` as in
+    :func:`tokenize`."""
+    device = next(model.parameters()).device
+    with _inference(model, use_ema):
+        decoded = model.decode(map_indices(lambda t: t.to(device), indices))
+        pixels = model.to_pixels(decoded)
+    return pixels.round().to(torch.uint8).cpu()

@@ -1,0 +1,463 @@
+"""Token shards: a tokenizer's indices of a whole dataset, stored as
+webdataset tar shards plus a manifest (written by ``tools/export_tokens.py``,
+read by :class:`TokenShardDataset`).
+
+Layout of an export directory::
+
+    manifest.json          described below; replaced atomically
+    tokens-000000.tar      samples 0 .. shard_size - 1
+    tokens-000001.tar      samples shard_size .. 2 * shard_size - 1, ...
+
+Sample ``i`` (its position in the exported dataset) has the key ``%08d``
+and the members ``<key>.indices.npy`` (tensor indices, e.g. ``(h, w)`` or
+``(h, w, depth)``) or ``<key>.level0.npy``, ``<key>.level1.npy``, ... (one
+per level of list / tuple indices, e.g. the scales of a multi-scale
+quantizer), without the batch axis and in the manifest's ``dtype``; plus
+``<key>.sample_idx`` and ``<key>.cls`` (decimal text) when the source
+sample had a ``sample_idx`` / ``gt_label``. Shards are written to
+``<name>.tmp`` and renamed when complete, with fixed tar metadata, so the
+same export gives byte-identical shards.
+
+``manifest.json`` holds ``format`` / ``format_version``, the provenance
+(``config_sha256``: the model config after overrides, dumped as sorted
+JSON; ``checkpoint_sha256``; ``dataset_sha256``: the dataset config;
+``data``: train / val / test; ``seed`` of the dataset pipeline's random
+draws), ``codebook_size`` (every id lies in ``[0, codebook_size)``, the
+quantizer's joint vocabulary), ``dtype``, ``structure`` (``'tensor'``,
+``'list'`` or ``'tuple'``), ``levels`` (``[{'name', 'shape'}]``, the
+per-sample grid / sequence shape of each level), ``num_samples``,
+``shard_size``, ``shards`` (the complete shards in order:
+``{'name', 'start', 'stop', 'sha256'}``, samples ``start .. stop - 1``) and
+``complete``.
+"""
+import bisect
+import hashlib
+import io
+import json
+import math
+import os
+import os.path as osp
+import re
+import tarfile
+import warnings
+from typing import Iterator, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vistok.registry import DATASETS
+from vistok.utils.checkpoint import write_text_atomic
+
+FORMAT = 'vistok-token-shards'
+FORMAT_VERSION = 1
+MANIFEST_NAME = 'manifest.json'
+SHARD_NAME = 'tokens-{:06d}.tar'
+SHARD_FILE_RE = re.compile(r'^tokens-\d{6}\.tar(\.tmp)?$')
+KEY_FORMAT = '{:08d}'
+TMP_SUFFIX = '.tmp'
+STRUCTURES = ('tensor', 'list', 'tuple')
+#: manifest fields that must match for a resumed export to continue
+IDENTITY_KEYS = ('config_sha256', 'checkpoint_sha256', 'dataset_sha256',
+                 'data', 'seed', 'num_samples', 'shard_size',
+                 'codebook_size', 'dtype')
+REQUIRED_KEYS = ('format', 'format_version', *IDENTITY_KEYS, 'structure',
+                 'levels', 'shards', 'complete')
+#: webdataset extensions of the per-sample metadata
+SAMPLE_IDX_EXT = 'sample_idx'
+LABEL_EXT = 'cls'
+HASH_CHUNK_BYTES = 1 << 20
+TAR_FILE_MODE = 0o644
+
+
+def index_dtype(codebook_size: int, signed: bool = False) -> np.dtype:
+    """Smallest unsigned integer dtype holding ids ``[0, codebook_size)``
+    (``uint8`` up to 256 codes, ``uint16`` up to 65536, else ``uint32``), or
+    ``int32`` with ``signed`` (negative ids, e.g. dropped tokens)."""
+    candidates = ((np.int32, ) if signed else
+                  (np.uint8, np.uint16, np.uint32))
+    for dtype in candidates:
+        if codebook_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f'codebook_size={codebook_size} does not fit in '
+                     f'{np.dtype(candidates[-1]).name}')
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK_BYTES), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def split_indices(indices) -> Tuple[str, List[torch.Tensor]]:
+    """``(structure, levels)`` of a batch of indices: ``('tensor',
+    [indices])`` for a tensor, ``('list' | 'tuple', list(indices))`` for
+    per-level tensors; every level is ``(B, *shape)``."""
+    if torch.is_tensor(indices):
+        return 'tensor', [indices]
+    if isinstance(indices, (list, tuple)) and indices and all(
+            torch.is_tensor(level) for level in indices):
+        return type(indices).__name__, list(indices)
+    raise TypeError(f'indices must be a tensor or a non-empty list / tuple '
+                    f'of tensors, got {type(indices).__name__}')
+
+
+def level_names(structure: str, num_levels: int) -> List[str]:
+    """Member names (without ``.npy``) of the levels of a sample."""
+    if structure == 'tensor':
+        return ['indices']
+    return [f'level{k}' for k in range(num_levels)]
+
+
+def num_shards(manifest: dict) -> int:
+    """Number of shards of a complete export."""
+    return math.ceil(manifest['num_samples'] / manifest['shard_size'])
+
+
+def load_manifest(data_root: str) -> dict:
+    """Read and validate ``data_root/manifest.json``; errors name the
+    file."""
+    path = osp.join(data_root, MANIFEST_NAME)
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'{path} does not exist: {data_root} is not a token export '
+            f'(write one with tools/export_tokens.py)')
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path} is not valid JSON ({err}); re-run '
+                         f'tools/export_tokens.py with --overwrite') from None
+    if not isinstance(manifest, dict) or manifest.get('format') != FORMAT:
+        raise ValueError(f'{path} is not a {FORMAT!r} manifest')
+    if manifest.get('format_version') != FORMAT_VERSION:
+        raise ValueError(f'{path} has format_version '
+                         f'{manifest.get("format_version")!r}; this vistok '
+                         f'reads version {FORMAT_VERSION}')
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ValueError(f'{path} lacks the fields {missing}')
+    size, total = manifest['shard_size'], manifest['num_samples']
+    if not (isinstance(size, int) and size >= 1 and isinstance(total, int)
+            and total >= 0):
+        raise ValueError(f'{path}: shard_size={size!r} must be a positive '
+                         f'int and num_samples={total!r} a non-negative int')
+    for k, shard in enumerate(manifest['shards']):
+        expected = dict(name=SHARD_NAME.format(k), start=k * size,
+                        stop=min((k + 1) * size, total))
+        if any(shard.get(key) != value for key, value in expected.items()):
+            raise ValueError(f'{path}: shard entry {k} is {shard}, expected '
+                             f'{expected} and a sha256')
+    if manifest['shards'] and (manifest['structure'] not in STRUCTURES
+                               or not manifest['levels']):
+        raise ValueError(f'{path} lists shards but no valid structure / '
+                         f'levels: {manifest["structure"]!r}, '
+                         f'{manifest["levels"]!r}')
+    return manifest
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _tar_bytes(members: Sequence[Tuple[str, bytes]]) -> bytes:
+    """A tar archive of ``members`` with fixed metadata (mtime 0, owner
+    0:0, mode 644), so equal content gives equal bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode='w',
+                      format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, TAR_FILE_MODE
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _write_bytes_atomic(data: bytes, path: str) -> None:
+    """Write ``path + '.tmp'``, fsync, rename: a crash leaves a ``.tmp``."""
+    tmp = path + TMP_SUFFIX
+    with open(tmp, 'wb') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TokenShardWriter:
+    """Writes the shards of one export into ``out_dir``, resuming a previous
+    run of the same export.
+
+    On construction: with ``overwrite`` every shard, leftover ``.tmp`` and
+    the manifest are deleted first. If a manifest exists, its
+    :data:`IDENTITY_KEYS` must equal ``identity`` (else ``ValueError``:
+    tokens of different models / checkpoints / data are never mixed); its
+    complete shards are kept as long as their sha256 matches (from the first
+    missing or damaged one on, shards are written again), and shard or
+    ``.tmp`` files it does not list are deleted (a crash leaves at most a
+    ``.tmp`` or one renamed shard that the manifest does not list yet).
+    Shard files without a manifest are refused.
+
+    Args:
+        out_dir: export directory (created if needed).
+        identity: the :data:`IDENTITY_KEYS` of this export.
+        overwrite: start from scratch.
+    """
+
+    def __init__(self, out_dir: str, identity: dict, overwrite: bool = False):
+        missing = [k for k in IDENTITY_KEYS if k not in identity]
+        if missing:
+            raise ValueError(f'identity lacks the fields {missing}')
+        self.out_dir = out_dir
+        self.manifest_path = osp.join(out_dir, MANIFEST_NAME)
+        self.dtype = np.dtype(identity['dtype'])
+        os.makedirs(out_dir, exist_ok=True)
+        if overwrite:
+            self._remove_shard_files(keep=())
+            if osp.exists(self.manifest_path):
+                os.remove(self.manifest_path)
+        if osp.isfile(self.manifest_path):
+            self.manifest = self._resume(identity)
+        elif self._shard_files():
+            raise FileExistsError(
+                f'{out_dir} holds token shards but no {MANIFEST_NAME}: choose '
+                f'a new --out or pass --overwrite')
+        else:
+            self.manifest = dict(format=FORMAT, format_version=FORMAT_VERSION,
+                                 **{k: identity[k] for k in IDENTITY_KEYS},
+                                 structure=None, levels=None, shards=[],
+                                 complete=identity['num_samples'] == 0)
+        self._remove_shard_files(
+            keep={shard['name'] for shard in self.manifest['shards']})
+        self._save()
+
+    @property
+    def num_shards(self) -> int:
+        return num_shards(self.manifest)
+
+    @property
+    def next_sample(self) -> int:
+        """Position of the first sample not in a complete shard."""
+        shards = self.manifest['shards']
+        return shards[-1]['stop'] if shards else 0
+
+    def pending_shards(self) -> Iterator[Tuple[int, int, int]]:
+        """``(shard_id, start, stop)`` of the shards still to write."""
+        size, total = self.manifest['shard_size'], self.manifest['num_samples']
+        for k in range(len(self.manifest['shards']), self.num_shards):
+            yield k, k * size, min((k + 1) * size, total)
+
+    def _shard_files(self) -> List[str]:
+        return sorted(name for name in os.listdir(self.out_dir)
+                      if SHARD_FILE_RE.match(name))
+
+    def _remove_shard_files(self, keep) -> None:
+        for name in self._shard_files():
+            if name not in keep:
+                os.remove(osp.join(self.out_dir, name))
+
+    def _save(self) -> None:
+        write_text_atomic(json.dumps(self.manifest, indent=1),
+                          self.manifest_path)
+
+    def _resume(self, identity: dict) -> dict:
+        manifest = load_manifest(self.out_dir)
+        differ = [f'{k}: {manifest[k]!r} in the manifest, {identity[k]!r} now'
+                  for k in IDENTITY_KEYS if manifest[k] != identity[k]]
+        if differ:
+            raise ValueError(
+                f'{self.manifest_path} belongs to another export ('
+                + '; '.join(differ) + '); refusing to mix tokens: choose a '
+                'new --out or pass --overwrite')
+        kept = []
+        for shard in manifest['shards']:
+            path = osp.join(self.out_dir, shard['name'])
+            if not osp.isfile(path) or sha256_file(path) != shard['sha256']:
+                warnings.warn(f'{path} is missing or does not match its '
+                              f'sha256 in the manifest: rewriting it and the '
+                              f'shards after it')
+                break
+            kept.append(shard)
+        manifest['shards'] = kept
+        manifest['complete'] = len(kept) == num_shards(manifest)
+        return manifest
+
+    def _check_levels(self, structure: str, samples: Sequence[dict]) -> None:
+        """Record the structure and per-level shapes at the first shard;
+        later samples must match them."""
+        first = samples[0]['levels']
+        levels = [dict(name=name, shape=list(level.shape)) for name, level
+                  in zip(level_names(structure, len(first)), first)]
+        if self.manifest['structure'] is None:
+            self.manifest['structure'], self.manifest['levels'] = (structure,
+                                                                   levels)
+        expected = [tuple(level['shape']) for level in self.manifest['levels']]
+        for sample in samples:
+            shapes = [tuple(level.shape) for level in sample['levels']]
+            if structure != self.manifest['structure'] or shapes != expected:
+                raise ValueError(
+                    f'sample {sample["position"]} has {structure} indices of '
+                    f'shapes {shapes}, the export has '
+                    f'{self.manifest["structure"]} indices of shapes '
+                    f'{expected}: every sample must give the same token '
+                    f'grid (use a fixed-size pipeline)')
+
+    def _check_ids(self, array: np.ndarray, position: int) -> None:
+        low = np.iinfo(self.dtype).min
+        high = self.manifest['codebook_size'] - 1
+        if array.size and (array.min() < low or array.max() > high):
+            raise ValueError(
+                f'sample {position} has ids in [{array.min()}, '
+                f'{array.max()}], outside [{low}, {high}] of dtype '
+                f'{self.dtype.name} and codebook_size '
+                f'{self.manifest["codebook_size"]} (negative ids need '
+                f'--signed-ids)')
+
+    def write_shard(self, shard_id: int, structure: str,
+                    samples: Sequence[dict]) -> None:
+        """Write shard ``shard_id`` (the next pending one) and record it.
+
+        Args:
+            shard_id: index of the shard.
+            structure: ``'tensor'``, ``'list'`` or ``'tuple'``.
+            samples: one dict per sample of the shard, in order: ``levels``
+                (numpy int arrays, no batch axis), ``position`` (index in the
+                exported dataset) and optionally ``sample_idx`` /
+                ``gt_label`` (ints).
+        """
+        pending = next(self.pending_shards(), None)
+        if pending is None or pending[0] != shard_id:
+            raise ValueError(f'shard {shard_id} is not the next pending '
+                             f'shard {pending}')
+        _, start, stop = pending
+        positions = [sample['position'] for sample in samples]
+        if positions != list(range(start, stop)):
+            raise ValueError(f'shard {shard_id} must hold samples {start}..'
+                             f'{stop - 1} in order, got {positions[:3]}...')
+        self._check_levels(structure, samples)
+        names = [level['name'] for level in self.manifest['levels']]
+        members = []
+        for sample in samples:
+            key = KEY_FORMAT.format(sample['position'])
+            for name, level in zip(names, sample['levels']):
+                self._check_ids(level, sample['position'])
+                members.append((f'{key}.{name}.npy',
+                                _npy_bytes(level.astype(self.dtype))))
+            for ext, field in ((SAMPLE_IDX_EXT, 'sample_idx'),
+                               (LABEL_EXT, 'gt_label')):
+                if sample.get(field) is not None:
+                    members.append((f'{key}.{ext}',
+                                    str(int(sample[field])).encode()))
+        data = _tar_bytes(members)
+        name = SHARD_NAME.format(shard_id)
+        _write_bytes_atomic(data, osp.join(self.out_dir, name))
+        self.manifest['shards'].append(
+            dict(name=name, start=start, stop=stop,
+                 sha256=hashlib.sha256(data).hexdigest()))
+        self.manifest['complete'] = len(
+            self.manifest['shards']) == self.num_shards
+        self._save()
+
+
+@DATASETS.register_module()
+class TokenShardDataset(Dataset):
+    """Map-style dataset over a token export (see the module docstring).
+
+    ``dataset[i]`` is ``dict(indices=..., sample_idx=...)`` (plus
+    ``gt_label`` when exported): ``indices`` has the structure the
+    tokenizer's quantizer produced, per sample (no batch axis) and
+    ``int64``: a tensor, or a list / tuple of per-level tensors;
+    ``sample_idx`` is the source dataset's ``sample_idx`` when exported,
+    else the position ``i``. The shard holding ``i`` is read whole into
+    memory (one shard cached per process / worker), so read in order or
+    with shard-sized locality.
+
+    Args:
+        data_root: the export directory.
+        verify: check each shard's sha256 against the manifest when it is
+            read.
+        allow_incomplete: read the complete shards of an unfinished export
+            (else ``ValueError``).
+    """
+
+    def __init__(self, data_root: str, verify: bool = False,
+                 allow_incomplete: bool = False):
+        self.data_root = data_root
+        self.verify = verify
+        self.manifest = load_manifest(data_root)
+        if not (self.manifest['complete'] or allow_incomplete):
+            done = self.manifest['shards'][-1]['stop'] if self.manifest[
+                'shards'] else 0
+            raise ValueError(
+                f'{osp.join(data_root, MANIFEST_NAME)}: the export is '
+                f'incomplete ({done} of {self.manifest["num_samples"]} '
+                f'samples); resume it by re-running tools/export_tokens.py '
+                f'with the same arguments, or pass allow_incomplete=True')
+        self.shards = self.manifest['shards']
+        self._starts = [shard['start'] for shard in self.shards]
+        self._cached_shard, self._cached_samples = None, None
+
+    def __len__(self) -> int:
+        return self.shards[-1]['stop'] if self.shards else 0
+
+    def __getitem__(self, idx: int) -> dict:
+        if idx < 0:
+            idx += len(self)
+        if not 0 <= idx < len(self):
+            raise IndexError(f'index {idx} out of range for {len(self)} '
+                             f'samples in {self.data_root}')
+        shard_id = bisect.bisect_right(self._starts, idx) - 1
+        if shard_id != self._cached_shard:
+            self._cached_samples = self._read_shard(shard_id)
+            self._cached_shard = shard_id
+        sample = self._cached_samples[idx - self._starts[shard_id]]
+        levels = [torch.from_numpy(level.astype(np.int64))
+                  for level in sample['levels']]
+        structure = self.manifest['structure']
+        indices = (levels[0] if structure == 'tensor' else
+                   list(levels) if structure == 'list' else tuple(levels))
+        out = dict(indices=indices, sample_idx=sample.get('sample_idx', idx))
+        if 'gt_label' in sample:
+            out['gt_label'] = sample['gt_label']
+        return out
+
+    def _read_shard(self, shard_id: int) -> List[dict]:
+        shard = self.shards[shard_id]
+        path = osp.join(self.data_root, shard['name'])
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'{path} (listed in the manifest) does '
+                                    f'not exist')
+        with open(path, 'rb') as f:
+            data = f.read()
+        if (self.verify
+                and hashlib.sha256(data).hexdigest() != shard['sha256']):
+            raise ValueError(f'{path} does not match its sha256 in '
+                             f'{MANIFEST_NAME}: the shard is damaged or was '
+                             f'replaced; re-export it')
+        names = [level['name'] for level in self.manifest['levels']]
+        members = {}
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode='r') as tar:
+                for info in tar.getmembers():
+                    members[info.name] = tar.extractfile(info).read()
+        except tarfile.TarError as err:
+            raise ValueError(f'{path} is not a readable tar file: '
+                             f'{err}') from None
+        samples = []
+        for position in range(shard['start'], shard['stop']):
+            key = KEY_FORMAT.format(position)
+            try:
+                levels = [np.load(io.BytesIO(members[f'{key}.{name}.npy']),
+                                  allow_pickle=False) for name in names]
+            except KeyError as err:
+                raise ValueError(f'{path} lacks the member {err}') from None
+            sample = dict(levels=levels)
+            for ext, field in ((SAMPLE_IDX_EXT, 'sample_idx'),
+                               (LABEL_EXT, 'gt_label')):
+                if f'{key}.{ext}' in members:
+                    sample[field] = int(members[f'{key}.{ext}'])
+            samples.append(sample)
+        return samples
