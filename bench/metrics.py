@@ -1,6 +1,7 @@
 """Evaluation overheads of vistok's metrics against direct library calls.
 
-    python bench/metrics.py [--benches fid] [--num-images 512] [--size 64]
+    python bench/metrics.py [--benches fid engine] [--num-images 512] [--size 64]
+                            [--engine-iters 100]
 
 Prints one JSON document. ``fid``: the whole ``FrechetInceptionDistance``
 metric (``process`` over batches of float images + ``compute_metrics``,
@@ -9,7 +10,9 @@ cache=False)`` call on the same images (uint8), both with the same small
 random conv network (``RandomConvFeatures``, registered in torch-fidelity as
 a custom extractor), so the time is the metric's own bookkeeping plus the
 shared extraction; ``overhead`` = metric / torch-fidelity (target <= 1.1).
-Run by hand; never in CI.
+``engine``: the CPU VQGAN demo's G/D training step through the Runner vs a
+bare PyTorch loop doing the same math (target overhead <= 1.1).
+Run by hand on a quiet machine; never in CI.
 """
 import argparse
 import json
@@ -97,9 +100,94 @@ def bench_fid_overhead(args) -> dict:
                 overhead=metric_s / torch_fidelity_s, **result)
 
 
-# The engine-overhead benchmark (bench_engine_overhead) goes here.
+ENGINE_CONFIG = 'configs/vqgan/vqgan_vq-512_conv-f4_1xb8-2k_skimage-64.py'
 
-BENCHES = dict(fid=bench_fid_overhead)
+
+def bench_engine_overhead(args) -> dict:
+    """The CPU demo's G/D step through the Runner (hooks, logging, EMA,
+    schedulers, the tokenizer's ``train_step``) vs a bare PyTorch loop doing
+    the same math on the same modules and data loader; seconds per
+    iteration averaged after ``--warmup`` iterations."""
+    from mmengine.config import Config
+    from mmengine.hooks import Hook
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner
+
+    from vistok.apis import apply_cli_options, build_runner
+    from vistok.models.losses import (adaptive_gan_weight,
+                                      discriminator_gan_loss)
+    from vistok.registry import MODELS
+
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    iters = args.warmup + args.engine_iters
+    cfg = Config.fromfile(osp.join(root, ENGINE_CONFIG))
+    apply_cli_options(cfg, work_dir=tempfile.mkdtemp(), cfg_options={
+        'model.adversarial_loss.start_iter': 0,
+        'train_cfg.max_iters': iters, 'train_cfg.val_interval': iters + 1,
+        'default_hooks.checkpoint.interval': iters + 1})
+
+    class Clock(Hook):
+        start = end = None
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            if runner.iter == args.warmup:
+                Clock.start = time.perf_counter()
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None,
+                             outputs=None):
+            Clock.end = time.perf_counter()
+
+    runner = build_runner(cfg)
+    runner.register_hook(Clock())
+    runner.train()
+    runner_s = (Clock.end - Clock.start) / args.engine_iters
+
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('vistok'):
+        model = MODELS.build(cfg.model)
+        loader = Runner.build_dataloader(cfg.train_dataloader, seed=0)
+    model.init_weights()
+    model.train()
+    disc = model.discriminator
+    gen_params = [p for part in model.generator_parts().values()
+                  for p in part.parameters()]
+    ema_params = list(model.ema.parameters())
+    opt_g = torch.optim.Adam(gen_params, lr=1e-3, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
+    last_layer = model.get_parameter(model.last_layer)
+    batches = iter(loader)
+    for it in range(iters):
+        if it == args.warmup:
+            start = time.perf_counter()
+        images = torch.stack(next(batches)['inputs']).float() / 127.5 - 1
+        latent = model.quant_conv(model.encoder(images))
+        quantized = model.quantizer(latent)
+        recon = model.decoder(model.post_quant_conv(quantized.quantized))
+        nll = (recon - images).abs().mean()
+        disc.requires_grad_(False)
+        gan = -disc(recon).mean()
+        weight = 0.1 * adaptive_gan_weight(nll, gan, last_layer)
+        loss = nll + sum(quantized.loss.values()) + weight * gan
+        opt_g.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(gen_params, 1.0)
+        opt_g.step()
+        disc.requires_grad_(True)
+        d_loss = discriminator_gan_loss('hinge', disc(images),
+                                        disc(recon.detach()))
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        with torch.no_grad():
+            for p_ema, p in zip(ema_params, gen_params):
+                p_ema.lerp_(p, 0.01)
+    bare_s = (time.perf_counter() - start) / args.engine_iters
+    return dict(config=ENGINE_CONFIG, iterations=args.engine_iters,
+                runner_seconds_per_iter=runner_s,
+                bare_seconds_per_iter=bare_s, overhead=runner_s / bare_s)
+
+
+BENCHES = dict(fid=bench_fid_overhead, engine=bench_engine_overhead)
 
 
 def main():
@@ -111,6 +199,8 @@ def main():
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--feature-dim', type=int, default=16)
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--engine-iters', type=int, default=100)
+    parser.add_argument('--warmup', type=int, default=10)
     args = parser.parse_args()
     # mmengine logs to stdout: keep it for the JSON document
     MMLogger.get_instance('vistok-bench', log_level='ERROR')

@@ -34,3 +34,41 @@ def train_quantizer(quantizer, data, steps=60, lr=0.05):
         sum(out.loss.values()).backward()
         optimizer.step()
     return initial, error(), quantizer(data)
+
+
+def save_random_vgg16(path):
+    """Save a randomly initialised VGG16 like a torchvision state dict
+    (``features.N.*`` plus a classifier entry that LPIPS ignores); returns
+    ``str(path)``."""
+    import torch
+
+    from vistok.models.losses.perceptual import vgg16_features
+    torch.manual_seed(0)
+    state = {
+        f'features.{k}': v
+        for k, v in vgg16_features().state_dict().items()
+    }
+    state['classifier.6.bias'] = torch.zeros(1000)
+    torch.save(state, path)
+    return str(path)
+
+
+def lpips_package_model(vgg_file):
+    """The ``lpips`` package's LPIPS (VGG, v0.1 heads) with the trunk of
+    ``vgg_file`` (its slices keep torchvision's layer indices:
+    ``sliceK.N.*`` ← ``features.N.*``)."""
+    import warnings
+
+    import pytest
+    import torch
+    lpips = pytest.importorskip('lpips')
+    with warnings.catch_warnings():  # lpips calls vgg16(pretrained=False)
+        warnings.simplefilter('ignore', UserWarning)
+        model = lpips.LPIPS(net='vgg', pnet_rand=True, pretrained=True,
+                            verbose=False).eval()
+    trunk = torch.load(vgg_file)
+    model.net.load_state_dict({
+        name: trunk['features.' + name.split('.', 1)[1]]
+        for name in model.net.state_dict()
+    })
+    return model

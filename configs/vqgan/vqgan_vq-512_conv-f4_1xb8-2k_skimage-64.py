@@ -31,3 +31,6 @@ custom_hooks = [
     dict(type='CodebookUsageHook', interval=100),
     dict(type='ReconstructionGridHook', interval=500, num_images=8),
 ]
+val_evaluator = [dict(type='PSNR'), dict(type='SSIM'),
+                 dict(type='CodebookUsage')]
+test_evaluator = val_evaluator

@@ -1,11 +1,9 @@
-import warnings
-
 import pytest
 import torch
 from mmengine.evaluator import Evaluator
 
+from _helpers import lpips_package_model, save_random_vgg16
 from vistok.evaluation.metrics.lpips import LPIPSMetric
-from vistok.models.losses.perceptual import vgg16_features
 from vistok.registry import METRICS
 from vistok.structures import DataSample
 from vistok.utils.weights import MissingWeightsError
@@ -13,33 +11,12 @@ from vistok.utils.weights import MissingWeightsError
 
 @pytest.fixture(scope='module')
 def vgg_file(tmp_path_factory):
-    """A randomly initialised VGG16 trunk saved with torchvision's keys."""
-    torch.manual_seed(0)
-    state = {
-        f'features.{k}': v
-        for k, v in vgg16_features().state_dict().items()
-    }
-    path = tmp_path_factory.mktemp('vgg') / 'vgg16.pth'
-    torch.save(state, path)
-    return str(path)
+    return save_random_vgg16(tmp_path_factory.mktemp('vgg') / 'vgg16.pth')
 
 
 @pytest.fixture(scope='module')
 def reference(vgg_file):
-    """The ``lpips`` package (VGG, v0.1 heads) with the same trunk."""
-    lpips = pytest.importorskip('lpips')
-    with warnings.catch_warnings():  # lpips calls vgg16(pretrained=False)
-        warnings.simplefilter('ignore', UserWarning)
-        model = lpips.LPIPS(net='vgg',
-                            pnet_rand=True,
-                            pretrained=True,
-                            verbose=False).eval()
-    trunk = torch.load(vgg_file)
-    model.net.load_state_dict({
-        name: trunk['features.' + name.split('.', 1)[1]]
-        for name in model.net.state_dict()
-    })
-    return model
+    return lpips_package_model(vgg_file)
 
 
 def image_set(num=5, size=32, seed=0):

@@ -1,13 +1,12 @@
 import os.path as osp
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers import lpips_package_model, save_random_vgg16
 from vistok.models.losses import perceptual
-from vistok.models.losses.perceptual import (LPIPS, PerceptualFeatureLoss,
-                                             vgg16_features)
+from vistok.models.losses.perceptual import LPIPS, PerceptualFeatureLoss
 from vistok.registry import LOSSES
 from vistok.utils.weights import MissingWeightsError
 
@@ -16,17 +15,7 @@ TINY_TIMM = 'convnext_atto'
 
 @pytest.fixture(scope='module')
 def vgg_file(tmp_path_factory):
-    """A randomly initialised VGG16 saved like a torchvision state dict
-    (``features.N.*`` plus a classifier entry that LPIPS ignores)."""
-    torch.manual_seed(0)
-    state = {
-        f'features.{k}': v
-        for k, v in vgg16_features().state_dict().items()
-    }
-    state['classifier.6.bias'] = torch.zeros(1000)
-    path = tmp_path_factory.mktemp('vgg') / 'vgg16.pth'
-    torch.save(state, path)
-    return str(path)
+    return save_random_vgg16(tmp_path_factory.mktemp('vgg') / 'vgg16.pth')
 
 
 @pytest.fixture(scope='module')
@@ -38,21 +27,7 @@ def ours(vgg_file):
 
 @pytest.fixture(scope='module')
 def reference(vgg_file):
-    """The ``lpips`` package with the same trunk (its slices keep
-    torchvision's layer indices: ``sliceK.N.*`` ← ``features.N.*``)."""
-    lpips = pytest.importorskip('lpips')
-    with warnings.catch_warnings():  # lpips calls vgg16(pretrained=False)
-        warnings.simplefilter('ignore', UserWarning)
-        model = lpips.LPIPS(net='vgg',
-                            pnet_rand=True,
-                            pretrained=True,
-                            verbose=False).eval()
-    trunk = torch.load(vgg_file)
-    model.net.load_state_dict({
-        name: trunk['features.' + name.split('.', 1)[1]]
-        for name in model.net.state_dict()
-    })
-    return model
+    return lpips_package_model(vgg_file)
 
 
 def image_pair(batch=3, size=32, seed=0):

@@ -159,8 +159,19 @@ class _InceptionV3Net(FeatureExtractorInceptionV3):
         return torch.flatten(x, 1)
 
 
+class _InceptionExtractor(FeatureExtractor):
+    """A frozen :class:`_InceptionV3Net` filled from ``weights_path``."""
+
+    def __init__(self, weights_path: Optional[str] = None):
+        super().__init__(weights_path)
+        self.net = freeze_as_buffers(_InceptionV3Net())
+
+    def _load(self, state_dict):
+        _load_inception(self.net, state_dict, self.weights_path)
+
+
 @FEATURE_EXTRACTORS.register_module()
-class InceptionV3Compat(FeatureExtractor):
+class InceptionV3Compat(_InceptionExtractor):
     """torch-fidelity's ``inception-v3-compat`` (the TF-FID Inception-v3).
 
     ``forward`` is torch-fidelity 0.4's own: TF1.x-compatible bilinear
@@ -184,13 +195,6 @@ class InceptionV3Compat(FeatureExtractor):
         'TF Inception, file weights-inception-2015-12-05-6726825d.pth), copy '
         'it to this machine and set weights_path to it.')
 
-    def __init__(self, weights_path: Optional[str] = None):
-        super().__init__(weights_path)
-        self.net = freeze_as_buffers(_InceptionV3Net())
-
-    def _load(self, state_dict):
-        _load_inception(self.net, state_dict, self.weights_path)
-
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """uint8 ``(B, 3, H, W)`` → ``features (B, 2048)``,
         ``logits (B, 1008)``."""
@@ -200,7 +204,7 @@ class InceptionV3Compat(FeatureExtractor):
 
 
 @FEATURE_EXTRACTORS.register_module()
-class PytorchFIDInception(FeatureExtractor):
+class PytorchFIDInception(_InceptionExtractor):
     """pytorch-fid's Inception-v3 (``pt_inception-2015-12-05``), the network
     behind TiTok / MARVEL rFID.
 
@@ -224,13 +228,6 @@ class PytorchFIDInception(FeatureExtractor):
         f'{PYTORCH_FID_INCEPTION_URL} (pytorch-fid\'s FID Inception, file '
         'pt_inception-2015-12-05-6726825d.pth), copy it to this machine and '
         'set weights_path to it.')
-
-    def __init__(self, weights_path: Optional[str] = None):
-        super().__init__(weights_path)
-        self.net = freeze_as_buffers(_InceptionV3Net())
-
-    def _load(self, state_dict):
-        _load_inception(self.net, state_dict, self.weights_path)
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """uint8 ``(B, 3, H, W)`` → ``features (B, 2048)``,

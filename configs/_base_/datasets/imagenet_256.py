@@ -32,6 +32,19 @@ val_dataloader = dict(
                  data_prefix=dict(img_path='val'), test_mode=True,
                  pipeline=[dict(type='LoadImageRGB')] + test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = [dict(type='PSNR'), dict(type='SSIM'),
-                 dict(type='CodebookUsage')]
+# rFID (+ IS) of the reconstructions against the 50k centre-cropped val
+# images with pytorch-fid's Inception (what TiTok / MARVEL report); the real
+# statistics are computed once and cached under the protocol fingerprint.
+inception_weights_path = 'checkpoints/pt_inception-2015-12-05-6726825d.pth'
+val_evaluator = [
+    dict(type='PSNR'),
+    dict(type='SSIM'),
+    dict(type='CodebookUsage'),
+    dict(type='FrechetInceptionDistance', metrics=('fid', 'is'),
+         feature_extractor=dict(type='PytorchFIDInception',
+                                weights_path=inception_weights_path),
+         reference=dict(name='imagenet-val-256-center', num_images=50000),
+         protocol=dict(crop='resize-short-256-bicubic-center-256',
+                       resize_filter='bicubic', file_format='JPEG')),
+]
 test_evaluator = val_evaluator

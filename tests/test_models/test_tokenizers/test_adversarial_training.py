@@ -193,7 +193,7 @@ def test_each_optimizer_changes_only_its_part_and_d_waits_for_its_start():
     assert all(torch.equal(a, b) for a, b in zip(seen['d'][1],
                                                   gen.parameters()))
     assert changed(g1, gen) and changed(d1, model.discriminator)
-    for key in ('loss_gan', 'gan_weight', 'loss_disc', 'disc_total',
+    for key in ('loss_gan', 'gan_weight', 'loss_disc', 'disc_loss_total',
                 'logits_real', 'logits_fake', 'loss_l1', 'loss'):
         assert key in logs, key
 

@@ -71,7 +71,8 @@ class AutoencoderTokenizer(BaseModel):
     the detached reconstructions. Gradients are averaged over ranks by the
     step itself (``syncs_gradients``), non-finite losses are skipped and
     counted (:class:`~vistok.engine.optimizers.NonFiniteGuard`), and the EMA
-    copy is updated after the steps. Every term is logged under its name.
+    copy is updated after the steps. Every term is logged under its name
+    (the discriminator's total as ``disc_loss_total``).
 
     Args:
         encoder: BACKBONES config (or module) exposing ``out_channels``.
@@ -351,7 +352,7 @@ class AutoencoderTokenizer(BaseModel):
             d_log = self._update(d_wrapper, d_losses,
                                  dict(discriminator=self.discriminator),
                                  'discriminator')
-            d_log['disc_total'] = d_log.pop('loss')
+            d_log['disc_loss_total'] = d_log.pop('loss')
             log_vars.update(d_log)
         if self.ema is not None:
             self.ema.update_parameters(self.generator_parts(), iteration)
