@@ -97,6 +97,32 @@ def test_usage_hook_sums_ranks_and_logs_each_window(monkeypatch):
         scalars['train/codebook/scale1.dead_codes'].data[0], [1, 1])
 
 
+def test_usage_hook_fills_levels_missing_on_this_rank(monkeypatch):
+    """Residual dropout may skip a depth for a whole window on one rank:
+    that rank contributes zeros, so every rank reduces the same keys."""
+    reduced = {}
+
+    def all_reduce_dict(data, op):
+        reduced.update({k: v.clone() for k, v in data.items()})
+
+    monkeypatch.setattr(codebook_usage_hook, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(codebook_usage_hook, 'all_gather_object',
+                        lambda obj: [obj, {'depth0.': 3, 'depth1.': 4}])
+    monkeypatch.setattr(codebook_usage_hook, 'all_reduce_dict',
+                        all_reduce_dict)
+    runner = SimpleNamespace(
+        model=FakeModel([{}, {'depth0.': torch.tensor([1, 0, 2])}]),
+        message_hub=MessageHub('usage_hook_missing_level'))
+    hook = CodebookUsageHook(interval=1)
+    hook.before_train(runner)
+    runner.iter = 0
+    hook.after_train_iter(runner, 0)
+    assert set(reduced) == {'depth0.', 'depth1.'}
+    assert torch.equal(reduced['depth1.'], torch.zeros(4, dtype=torch.long))
+    assert runner.message_hub.log_scalars[
+        'train/codebook/depth1.dead_codes'].current() == 4
+
+
 def test_usage_hook_needs_pop_code_counts():
     runner = SimpleNamespace(model=torch.nn.Linear(1, 1))
     with pytest.raises(TypeError, match='Linear has none'):

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 # importing the family modules registers them in QUANTIZERS
 from _helpers import train_quantizer
+from vistok.models.quantizers.base import flat_tokens
 from vistok.models.quantizers.fsq import FiniteScalarQuantizer  # noqa: F401
 from vistok.models.quantizers.hierarchical import HierarchicalQuantizer
 from vistok.models.quantizers.lfq import LookupFreeQuantizer  # noqa: F401
@@ -107,6 +108,33 @@ def test_sequence_round_trip_rectangular(token_order):
         quantizer.from_sequence(sequence)  # 30 tokens: not a square grid
     with pytest.raises(ValueError, match=r'\(4, 8\)'):
         quantizer.from_sequence(sequence, size=(4, 8))
+
+
+@pytest.mark.parametrize('token_order', ['grouped', 'interleaved'])
+def test_sequence_round_trip_with_residual_bottom(token_order):
+    """UniCode-style HQ-VAE over RQ: a residual bottom level adds a depth
+    axis; its ids of one position stay together and dropped ids (-1) stay
+    negative instead of being shifted into the vocabulary."""
+    quantizer = HierarchicalQuantizer(
+        TOP, dict(type='ResidualQuantizer', quantizer=BOTTOM, depth=3),
+        token_order=token_order).eval()
+    generator = torch.Generator().manual_seed(0)
+    top = torch.randint(16, (2, 2, 3), generator=generator)
+    bottom = torch.randint(8, (2, 4, 6, 3), generator=generator)
+    bottom[0, 0, 0, 2] = -1
+    sequence = quantizer.to_sequence((top, bottom))
+    assert sequence.shape == (2, (1 + 4 * 3) * 6)
+    assert (sequence < 0).sum() == 1
+    assert sequence.max() < quantizer.codebook_size
+    if token_order == 'interleaved':  # top id, then 4 children x 3 depths
+        assert sequence[0, :4].tolist() == [top[0, 0, 0].item()] + [
+            16 + b for b in bottom[0, 0, 0, :].tolist()[:2]] + [-1]
+    back_top, back_bottom = quantizer.from_sequence(sequence, size=(4, 6))
+    assert torch.equal(back_top, top) and torch.equal(back_bottom, bottom)
+    z = latent((2, C, 4, 6))
+    indices = quantizer.encode(z)
+    assert torch.equal(flat_tokens(quantizer, indices),
+                       quantizer.to_sequence(indices))
 
 
 @pytest.mark.parametrize('levels', ['vq', 'lfq', 'fsq_vq'])

@@ -31,8 +31,10 @@ def spread_codebooks(module, seed=0):
 
 
 def make(base='vq', depth=3, **kwargs):
+    """``base``: a key of ``BASES`` or a quantizer config."""
     torch.manual_seed(0)
-    quantizer = ResidualQuantizer(BASES[base], depth, **kwargs)
+    quantizer = ResidualQuantizer(
+        BASES[base] if isinstance(base, str) else base, depth, **kwargs)
     return spread_codebooks(quantizer).eval()
 
 
@@ -215,6 +217,24 @@ def test_quantizer_dropout_per_sample_in_training_only():
     out = quantizer(z)
     assert 'num_depths' not in out.stats
     assert (out.indices != DROPPED_INDEX).all()
+
+
+def test_dropout_over_a_product_quantizer():
+    """The inner quantizer's branch axis: a dropped depth is dropped in
+    every branch, and decode(indices) still equals the output."""
+    branch = dict(type='VectorQuantizer', codebook_size=8,
+                  embed_dim=CHANNELS // 2)
+    quantizer = make(dict(type='ProductQuantizer', quantizer=branch,
+                          num_branches=2), depth=3, dropout_prob=1.0).train()
+    torch.manual_seed(3)
+    out = quantizer(latent((8, CHANNELS, 2, 2)))
+    assert out.indices.shape == (8, 2, 2, 2, 3)
+    num_depths = out.stats['num_depths']
+    dropped = out.indices == DROPPED_INDEX
+    expected = torch.arange(3) >= num_depths[:, None, None, None, None]
+    assert torch.equal(dropped, expected.expand_as(dropped))
+    assert dropped.any() and not dropped.all()
+    assert torch.equal(out.quantized, quantizer.decode(out.indices))
 
 
 def test_depths_that_no_sample_keeps_are_skipped():

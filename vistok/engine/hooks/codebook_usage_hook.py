@@ -2,7 +2,7 @@
 from typing import Dict
 
 import torch
-from mmengine.dist import all_reduce_dict
+from mmengine.dist import all_gather_object, all_reduce_dict, get_world_size
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
@@ -42,9 +42,9 @@ class CodebookUsageHook(Hook):
     Every ``interval`` iterations the hook takes the code histograms the
     model accumulated since the previous call (contract: the unwrapped
     model has ``pop_code_counts() -> Dict[str, Tensor]``, level prefix →
-    histogram ``(K,)``, resetting its counters; the keys must be the same on
-    every rank), sums them over the ranks (``mmengine.dist.all_reduce_dict``,
-    one collective) and writes, per level (see :func:`window_usage`),
+    histogram ``(K,)``, resetting its counters; a level missing on some
+    rank counts as unused there), sums them over the ranks
+    (``mmengine.dist.all_reduce_dict``) and writes, per level (see :func:`window_usage`),
     ``usage``, ``perplexity``, ``entropy`` and ``dead_codes`` into the
     message hub as ``train/{log_prefix}{level prefix}{name}``, e.g.
     ``train/codebook/depth0.usage``. ``LoggerHook`` puts the latest value of
@@ -93,6 +93,14 @@ class CodebookUsageHook(Hook):
             for prefix, histogram in self._model(
                 runner).pop_code_counts().items()
         }
+        if get_world_size() > 1:
+            # a level may be missing on one rank (e.g. residual dropout
+            # skipped a depth for the whole window): count it as unused there
+            for sizes in all_gather_object(
+                    {prefix: len(h) for prefix, h in counts.items()}):
+                for prefix, size in sizes.items():
+                    counts.setdefault(prefix, torch.zeros(size,
+                                                          dtype=torch.long))
         if counts:
             all_reduce_dict(counts, op='sum')
         for name, value in window_usage(counts).items():

@@ -219,19 +219,27 @@ class HierarchicalQuantizer(BaseQuantizer):
             **token_levels(bottom_quantizer, bottom, 'bottom.')
         }
 
+    @staticmethod
+    def _ids_per_position(level: nn.Module) -> Optional[int]:
+        """Trailing-axis length of a level's indices: a residual level's
+        ``depth`` (indices ``(B, h, w, D)``), ``None`` for ``(B, h, w)``."""
+        return getattr(level, 'depth', None)
+
     def to_sequence(
             self, indices: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """``(top (B, h, w), bottom (B, 2h, 2w))`` -> token sequence
-        ``(B, 5hw)`` in ``token_order``, bottom ids shifted by
-        :attr:`bottom_offset`."""
+        """``(top (B, h, w[, D_t]), bottom (B, 2h, 2w[, D_b]))`` -> token
+        sequence ``(B, (D_t + 4 D_b) hw)`` in ``token_order``, bottom ids
+        shifted by :attr:`bottom_offset` (dropped ids stay negative). A
+        residual level's depth ids of one position are consecutive."""
         top, bottom = indices
-        batch, h, w = top.shape
-        # (B, 2h, 2w) -> (B, hw, 4): the 2×2 children of each top token in
-        # raster order of the top grid, raster order inside the block
-        children = bottom.reshape(batch, h, FACTOR, w, FACTOR).permute(
-            0, 1, 3, 2, 4).reshape(batch, h * w, CHILDREN)
-        children = children + self.bottom_offset
-        top = top.reshape(batch, h * w, 1)
+        batch, h, w = top.shape[:3]
+        # (B, 2h, 2w, D) -> (B, hw, 4·D): the 2×2 children of each top token
+        # in raster order of the top grid, raster order inside the block
+        children = bottom.reshape(batch, h, FACTOR, w, FACTOR, -1).permute(
+            0, 1, 3, 2, 4, 5).reshape(batch, h * w, -1)
+        children = torch.where(children >= 0, children + self.bottom_offset,
+                               children)
+        top = top.reshape(batch, h * w, -1)
         if self.token_order == 'grouped':
             return torch.cat([top.flatten(1), children.flatten(1)], 1)
         return torch.cat([top, children], -1).flatten(1)
@@ -244,24 +252,36 @@ class HierarchicalQuantizer(BaseQuantizer):
         """Inverse of :meth:`to_sequence`. ``size`` ``(H, W)`` is the bottom
         grid; ``None`` assumes a square one."""
         batch, length = sequence.shape
+        top_depth = self._ids_per_position(self.top)
+        bottom_depth = self._ids_per_position(
+            self.top if self.shared_codebook else self.bottom)
+        per_top = (top_depth or 1) + CHILDREN * (bottom_depth or 1)
         if size is None:
-            side = round((length // (CHILDREN + 1))**0.5)
+            side = round((length // per_top)**0.5)
             h = w = side
         else:
             h, w = size[0] // FACTOR, size[1] // FACTOR
-        if (length != (CHILDREN + 1) * h * w
+        if (length != per_top * h * w
                 or (size is not None and tuple(size) != (FACTOR * h,
                                                          FACTOR * w))):
             raise ValueError(
                 f'sequence of length {length} does not hold the tokens of a '
                 f'{"square" if size is None else tuple(size)} bottom grid '
-                f'with even sides ({CHILDREN + 1}·h·w tokens)')
+                f'with even sides ({per_top}·h·w tokens)')
+        num_top = (top_depth or 1) * h * w
         if self.token_order == 'grouped':
-            top, children = sequence.split([h * w, CHILDREN * h * w], 1)
+            top, children = sequence.split([num_top, length - num_top], 1)
         else:
-            tokens = sequence.reshape(batch, h * w, CHILDREN + 1)
-            top, children = tokens[..., 0], tokens[..., 1:]
-        bottom = (children - self.bottom_offset).reshape(
-            batch, h, w, FACTOR, FACTOR).permute(0, 1, 3, 2, 4).reshape(
-                batch, FACTOR * h, FACTOR * w)
-        return top.reshape(batch, h, w), bottom
+            tokens = sequence.reshape(batch, h * w, per_top)
+            top, children = tokens.split(
+                [top_depth or 1, per_top - (top_depth or 1)], -1)
+        children = torch.where(children >= 0,
+                               children - self.bottom_offset, children)
+        bottom = children.reshape(batch, h, w, FACTOR, FACTOR, -1).permute(
+            0, 1, 3, 2, 4, 5).reshape(batch, FACTOR * h, FACTOR * w, -1)
+        top = top.reshape(batch, h, w, -1)
+        if top_depth is None:
+            top = top.squeeze(-1)
+        if bottom_depth is None:
+            bottom = bottom.squeeze(-1)
+        return top, bottom

@@ -179,8 +179,11 @@ class ResidualQuantizer(BaseQuantizer):
             depth_indices = out.indices
             if kept is not None:
                 contribution = torch.where(kept.unsqueeze(1), contribution, 0)
+                # an inner quantizer may add index axes (product branches)
                 depth_indices = depth_indices.masked_fill(
-                    ~kept, DROPPED_INDEX)
+                    ~kept.view(*kept.shape, *[1] * (depth_indices.dim() -
+                                                   kept.dim())),
+                    DROPPED_INDEX)
             residual = residual - contribution
             total = contribution if total is None else total + contribution
             indices.append(depth_indices)
@@ -237,9 +240,11 @@ class ResidualQuantizer(BaseQuantizer):
         total = None
         for d in range(num_depths):
             depth_indices = indices[..., d]
-            kept = depth_indices != DROPPED_INDEX
             contribution = self.quantizer_at(d).decode(
                 depth_indices.clamp_min(0)) * self.depth_scales[d]
+            # (B, *spatial[, inner index axes]) -> (B, *spatial)
+            kept = (depth_indices != DROPPED_INDEX).reshape(
+                *contribution.shape[:1], *contribution.shape[2:], -1).all(-1)
             contribution = torch.where(kept.unsqueeze(1), contribution, 0)
             total = contribution if total is None else total + contribution
         return total
