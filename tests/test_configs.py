@@ -46,6 +46,9 @@ def test_config_builds_its_model(path):
 PARAMETER_COUNTS = {
     # taming-transformers' vqgan_imagenet_f16_16384
     'configs/vqgan/vqgan_vq-16k_conv-f16_8xb12-400k_in1k-256.py': 76_073_859,
+    # the same with 8-d codes (LlamaGen reports ~72M for its variant)
+    'configs/vqgan/vqgan_vq-16k-d8-l2_conv-f16_8xb16-400k-ema_in1k-256.py':
+    71_883_403,
 }
 
 

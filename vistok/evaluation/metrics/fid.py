@@ -101,9 +101,9 @@ def fid_protocol_fingerprint(reference: str,
 
 
 def to_uint8(image: torch.Tensor, rounding: bool = True) -> torch.Tensor:
-    """Float ``(C, H, W)`` in [0, 255] → uint8, clamped and rounded to the
-    nearest level (``rounding=False``: truncated, like ``.byte()``); uint8
-    input is returned unchanged."""
+    """Float images (any shape) in [0, 255] → uint8, clamped and rounded to
+    the nearest level (``rounding=False``: truncated, like ``.byte()``);
+    uint8 input is returned unchanged."""
     if image.dtype == torch.uint8:
         return image
     image = image.detach().float().clamp(0, 255)
@@ -241,16 +241,16 @@ class FrechetInceptionDistance(BaseMetric):
         """Features (and logits) of ``(C, H, W)`` images as float32 arrays
         ``(N, D)``; equal-sized images go through the extractor together."""
         rounding = self.protocol['uint8_rounding']
-        batch = []
         for image in images:
             if image.dim() != 3 or image.shape[0] not in (1, 3):
                 raise ValueError('FrechetInceptionDistance expects (C, H, W) '
                                  f'images with C = 1 or 3, got shape '
                                  f'{tuple(image.shape)}')
-            batch.append(to_uint8(image, rounding).expand(3, -1, -1))
-        groups = ([torch.stack(batch)]
-                  if len({b.shape for b in batch}) == 1 else
-                  [b[None] for b in batch])
+        # equal shapes: convert and extract as one batch
+        groups = ([torch.stack(images)]
+                  if len({i.shape for i in images}) == 1 else
+                  [i[None] for i in images])
+        groups = [to_uint8(g, rounding).expand(-1, 3, -1, -1) for g in groups]
         outputs = []
         for group in groups:
             with torch.autocast(device_type=group.device.type, enabled=False):
