@@ -125,6 +125,26 @@ def test_gan_resume_continues_exactly(tmp_path):
                        raw['discriminator.main.0.weight'])
 
 
+def test_runners_started_in_the_same_second_keep_their_own_logs(
+        tmp_path, monkeypatch):
+    """mmengine's logger / message hub / visualizer are global instances
+    named after a one-second timestamp; a second run in that second must not
+    write into the first one's work dir."""
+    import time
+    now = time.time()
+    monkeypatch.setattr(time, 'time', lambda: now)
+    runners = []
+    for name in ('a', 'b'):
+        cfg = Config.fromfile(TINY)
+        apply_cli_options(cfg, work_dir=str(tmp_path / name))
+        runners.append(build_runner(cfg))
+    first, second = runners
+    assert first.experiment_name != second.experiment_name
+    assert second.log_dir.startswith(str(tmp_path / 'b'))
+    assert second.message_hub is not first.message_hub
+    assert second.visualizer is not first.visualizer
+
+
 def test_resume_without_rng_restore_would_differ(tmp_path, uninterrupted):
     """Guard that the exact-resume test can fail: dropout and augmentation
     make iterations depend on the RNG streams."""

@@ -28,6 +28,7 @@ import torch
 from mmengine.device import get_device
 from mmengine.dist import is_distributed, master_only
 from mmengine.fileio import get_file_backend, join_path
+from mmengine.logging import MessageHub
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 from mmengine.runner import Runner
@@ -79,6 +80,15 @@ class VistokRunner(Runner):
         if self.distributed and not is_distributed():
             init_dist(self.launcher, **env_cfg.get('dist_cfg', {}))
         super().setup_env(env_cfg)
+        # mmengine names the run's logger, message hub and visualizer (global
+        # instances) and its log dir after a one-second timestamp: a second
+        # Runner started within the same second in this process would reuse
+        # the first one's and write into its work dir. Make it unique.
+        base, number = self._timestamp, 0
+        while any(name.endswith(self._timestamp)
+                  for name in MessageHub._instance_dict):
+            number += 1
+            self._timestamp = f'{base}_{number}'
 
     def wrap_model(self, model_wrapper_cfg, model):
         if (self.distributed and not is_model_wrapper(model)
