@@ -176,3 +176,5 @@ DISCRIMINATORS = _family('DISCRIMINATORS', 'discriminator',
 #: image feature extractors for FID / IS / KID (Inception flavours, test stand-ins)
 FEATURE_EXTRACTORS = _family('FEATURE_EXTRACTORS', 'feature extractor',
                              ['vistok.evaluation'])
+#: token samplers of the generators (temperature, top-k/p, guidance)
+SAMPLERS = _family('SAMPLERS', 'token sampler', ['vistok.models.generators'])

@@ -1,10 +1,10 @@
 """Models: the parts (quantizers, backbones, heads, losses, discriminators,
 data preprocessors) and the algorithms built from them. Importing this package
 registers everything in vistok's registries."""
-from . import (backbones, data_preprocessors, discriminators, heads, losses,
-               quantizers, tokenizers)
+from . import (backbones, data_preprocessors, discriminators, generators,
+               heads, losses, quantizers, tokenizers)
 
 __all__ = [
-    'backbones', 'data_preprocessors', 'discriminators', 'heads', 'losses',
-    'quantizers', 'tokenizers'
+    'backbones', 'data_preprocessors', 'discriminators', 'generators',
+    'heads', 'losses', 'quantizers', 'tokenizers'
 ]

@@ -1,0 +1,3 @@
+from .token import TokenDataPreprocessor
+
+__all__ = ['TokenDataPreprocessor']
