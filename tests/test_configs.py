@@ -49,6 +49,10 @@ PARAMETER_COUNTS = {
     # the same with 8-d codes (LlamaGen reports ~72M for its variant)
     'configs/vqgan/vqgan_vq-16k-d8-l2_conv-f16_8xb16-400k-ema_in1k-256.py':
     71_883_403,
+    # MaskGIT's VQGAN (TiTok's teacher): encoder 23,775,104, decoder
+    # 30,478,339, codebook 262,144
+    'configs/maskgit_vqgan/maskgit-vqgan_vq-1k_conv-f16_8xb32-500k_in1k-256.py':
+    54_515_587,
 }
 
 

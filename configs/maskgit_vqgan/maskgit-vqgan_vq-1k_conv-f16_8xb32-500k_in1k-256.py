@@ -1,0 +1,58 @@
+# MaskGIT-VQGAN on ImageNet 256. Test half: the released weights (TiTok's
+# maskgit-vqgan-imagenet-f16-256.bin, converted with
+# tools/model_converters/maskgit_vqgan.py; TiTok reports rFID 2.28). Training
+# half: MaskGIT did not publish its tokenizer recipe; this is TiTok's stage-2
+# pixel recipe (which fine-tunes this decoder), applied to the whole
+# tokenizer from the converted weights: L2 + 0.1 x ConvNeXt-S logit loss,
+# MaskGIT discriminator (hinge, fixed weight 0.01 from 20k, LeCam 0.001),
+# AdamW lr 1e-4 (0.9, 0.999) wd 1e-4, 5k warm-up then cosine to 1e-5 over
+# 500k iterations, 8 x 32 images, EMA 0.999. See README.md.
+_base_ = [
+    '../_base_/models/maskgit_vqgan_conv-f16.py',
+    '../_base_/datasets/imagenet_256.py',
+    '../_base_/default_runtime.py',
+]
+# the converted release (see README.md)
+load_from = 'checkpoints/maskgit-vqgan-imagenet-f16-256_vistok.pth'
+# timm.create_model('convnext_small.fb_in1k', pretrained=True).state_dict()
+# saved with torch.save on a machine with internet access
+perceptual_weights_path = 'checkpoints/convnext_small.fb_in1k.pth'
+model = dict(
+    reconstruction_loss=dict(type='MSELoss', loss_weight=1.0),
+    perceptual_loss=dict(type='PerceptualFeatureLoss',
+                         model_name='convnext_small.fb_in1k',
+                         weights_path=perceptual_weights_path, mode='logits',
+                         resize=224, loss_weight=0.1),
+    discriminator=dict(type='MaskGITDiscriminator', in_channels=3),
+    adversarial_loss=dict(type='AdversarialLoss', loss_type='hinge',
+                          generator_weight=0.01, adaptive_weight=False,
+                          discriminator_weight=1.0, start_iter=20000,
+                          lecam_weight=0.001, lecam_decay=0.999),
+    ema=dict(decay=0.999, use_for_val=True),
+)
+num_gpus, batch_per_gpu = 8, 32
+max_iters, warmup_iters = 500000, 5000
+train_dataloader = dict(batch_size=batch_per_gpu)
+adamw = dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4)
+optim_wrapper = dict(
+    constructor='MultiPartOptimWrapperConstructor',
+    generator=dict(type='OptimWrapper', optimizer=adamw,
+                   clip_grad=dict(max_norm=1.0)),
+    discriminator=dict(type='OptimWrapper', optimizer=adamw,
+                       clip_grad=dict(max_norm=1.0)))
+warmup_cosine = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0,
+         end=warmup_iters),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=False,
+         begin=warmup_iters, end=max_iters),
+]
+param_scheduler = dict(generator=warmup_cosine, discriminator=warmup_cosine)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
+                 val_interval=10000)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(checkpoint=dict(interval=10000))
+custom_hooks = [
+    dict(type='CodebookUsageHook', interval=1000),
+    dict(type='ReconstructionGridHook', interval=5000, num_images=8),
+]

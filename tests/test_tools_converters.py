@@ -1,0 +1,419 @@
+"""Model converters: the key-mapping framework (vistok.utils.convert) and the
+taming VQGAN / MaskGIT-VQGAN converters on synthetic checkpoints with the
+official key names and shapes (enumerated below from taming's
+``taming/modules/diffusionmodules/model.py``, ``taming/models/vqgan.py``,
+``taming/modules/discriminator/model.py``, ``taming/modules/losses/lpips.py``
+and TiTok's ``modeling/modules/maskgit_vqgan.py``)."""
+import argparse
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+from safetensors.torch import load_file
+
+from _helpers import REPO_ROOT
+from vistok.apis.tokenize import load_tokenizer
+from vistok.utils.checkpoint import CheckpointLoadError, pickle_trusted
+from vistok.utils.convert import (ConversionError, Rule, convert_for_model,
+                                  convert_state_dict, with_copies)
+
+TAMING_F16 = osp.join(REPO_ROOT, 'configs/vqgan/'
+                      'vqgan_vq-16k_conv-f16_8xb12-400k_in1k-256.py')
+MASKGIT_BASE = osp.join(REPO_ROOT,
+                        'configs/_base_/models/maskgit_vqgan_conv-f16.py')
+MASKGIT_CONFIG = osp.join(REPO_ROOT, 'configs/maskgit_vqgan/maskgit-vqgan_'
+                          'vq-1k_conv-f16_8xb32-500k_in1k-256.py')
+#: a small taming-layout tokenizer: attention at 8x8, a 4-d code space
+#: (quant_conv 8 -> 4), a BatchNorm PatchGAN, LeCam and an EMA copy
+TINY_TAMING = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                   attn_resolutions=(8, ), resolution=16, z_channels=8)
+TINY_TAMING_CONFIG = f"""
+_base_ = [{TAMING_F16!r}]
+conv = dict({TINY_TAMING!r}, num_groups=8)
+model = dict(
+    encoder=dict(_delete_=True, type='ConvEncoder', in_channels=3, **conv),
+    quantizer=dict(codebook_size=64, embed_dim=4),
+    decoder=dict(_delete_=True, type='ConvDecoder', out_ch=3, **conv),
+    discriminator=dict(base_channels=8),
+    adversarial_loss=dict(lecam_weight=0.01),
+    ema=dict(decay=0.9))
+"""
+
+
+def load_tool(name):
+    path = osp.join(REPO_ROOT, 'tools/model_converters', f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'converter_{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+taming_tool = load_tool('taming_vqgan')
+maskgit_tool = load_tool('maskgit_vqgan')
+
+
+# --- official layouts -------------------------------------------------------
+def conv_shapes(prefix, cout, cin, k, bias=True):
+    shapes = {f'{prefix}.weight': (cout, cin, k, k)}
+    if bias:
+        shapes[f'{prefix}.bias'] = (cout, )
+    return shapes
+
+
+def norm_shapes(prefix, c):
+    return {f'{prefix}.weight': (c, ), f'{prefix}.bias': (c, )}
+
+
+def resnet_shapes(prefix, cin, cout, bias=True, shortcut_in=None):
+    shapes = {**norm_shapes(f'{prefix}.norm1', cin),
+              **conv_shapes(f'{prefix}.conv1', cout, cin, 3, bias),
+              **norm_shapes(f'{prefix}.norm2', cout),
+              **conv_shapes(f'{prefix}.conv2', cout, cout, 3, bias)}
+    if cin != cout:
+        shapes.update(conv_shapes(f'{prefix}.nin_shortcut', cout,
+                                  shortcut_in or cin, 1, bias))
+    return shapes
+
+
+def attn_shapes(prefix, c):
+    shapes = norm_shapes(f'{prefix}.norm', c)
+    for name in ('q', 'k', 'v', 'proj_out'):
+        shapes.update(conv_shapes(f'{prefix}.{name}', c, c, 1))
+    return shapes
+
+
+def taming_shapes(ch, ch_mult, num_res_blocks, attn_resolutions, resolution,
+                  z_channels, n_embed, embed_dim, disc_channels=64,
+                  disc_layers=3):
+    """Keys and shapes of a taming ``VQModel`` checkpoint with its
+    ``VQLPIPSWithDiscriminator`` loss (NLayerDiscriminator with BatchNorm,
+    LPIPS with VGG16)."""
+    s = {}
+    # Encoder
+    s.update(conv_shapes('encoder.conv_in', ch, 3, 3))
+    in_mult, res, block_in = (1, ) + tuple(ch_mult), resolution, ch
+    for i, mult in enumerate(ch_mult):
+        block_in, block_out = ch * in_mult[i], ch * mult
+        for j in range(num_res_blocks):
+            s.update(resnet_shapes(f'encoder.down.{i}.block.{j}', block_in,
+                                   block_out))
+            block_in = block_out
+            if res in attn_resolutions:
+                s.update(attn_shapes(f'encoder.down.{i}.attn.{j}', block_in))
+        if i != len(ch_mult) - 1:
+            s.update(conv_shapes(f'encoder.down.{i}.downsample.conv',
+                                 block_in, block_in, 3))
+            res //= 2
+    for half in ('encoder', 'decoder'):
+        c = ch * ch_mult[-1]
+        s.update(resnet_shapes(f'{half}.mid.block_1', c, c))
+        s.update(attn_shapes(f'{half}.mid.attn_1', c))
+        s.update(resnet_shapes(f'{half}.mid.block_2', c, c))
+    s.update(norm_shapes('encoder.norm_out', block_in))
+    s.update(conv_shapes('encoder.conv_out', z_channels, block_in, 3))
+    # Decoder
+    block_in = ch * ch_mult[-1]
+    res = resolution // 2**(len(ch_mult) - 1)
+    s.update(conv_shapes('decoder.conv_in', block_in, z_channels, 3))
+    for i in reversed(range(len(ch_mult))):
+        block_out = ch * ch_mult[i]
+        for j in range(num_res_blocks + 1):
+            s.update(resnet_shapes(f'decoder.up.{i}.block.{j}', block_in,
+                                   block_out))
+            block_in = block_out
+            if res in attn_resolutions:
+                s.update(attn_shapes(f'decoder.up.{i}.attn.{j}', block_in))
+        if i != 0:
+            s.update(conv_shapes(f'decoder.up.{i}.upsample.conv', block_in,
+                                 block_in, 3))
+            res *= 2
+    s.update(norm_shapes('decoder.norm_out', block_in))
+    s.update(conv_shapes('decoder.conv_out', 3, block_in, 3))
+    # VQModel
+    s['quantize.embedding.weight'] = (n_embed, embed_dim)
+    s.update(conv_shapes('quant_conv', embed_dim, z_channels, 1))
+    s.update(conv_shapes('post_quant_conv', z_channels, embed_dim, 1))
+    # NLayerDiscriminator(input_nc=3, ndf, n_layers, use_actnorm=False)
+    d = 'loss.discriminator.main'
+    s.update(conv_shapes(f'{d}.0', disc_channels, 3, 4))
+    index, mult = 2, 1
+    for n in range(1, disc_layers + 1):
+        prev, mult = mult, min(2**n, 8)
+        s.update(conv_shapes(f'{d}.{index}', disc_channels * mult,
+                             disc_channels * prev, 4, bias=False))
+        s.update(norm_shapes(f'{d}.{index + 1}', disc_channels * mult))
+        s[f'{d}.{index + 1}.running_mean'] = (disc_channels * mult, )
+        s[f'{d}.{index + 1}.running_var'] = (disc_channels * mult, )
+        s[f'{d}.{index + 1}.num_batches_tracked'] = ()
+        index += 3
+    s.update(conv_shapes(f'{d}.{index}', 1, disc_channels * mult, 4))
+    # LPIPS: scaling layer, VGG16 slices (torchvision indices), lin heads
+    p = 'loss.perceptual_loss'
+    s[f'{p}.scaling_layer.shift'] = s[f'{p}.scaling_layer.scale'] = (1, 3, 1,
+                                                                       1)
+    vgg = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128),
+           (10, 128, 256), (12, 256, 256), (14, 256, 256), (17, 256, 512),
+           (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512),
+           (28, 512, 512)]
+    for index, cin, cout in vgg:
+        slice_ = 1 + sum(index > end for end in (3, 8, 15, 22))
+        s.update(conv_shapes(f'{p}.net.slice{slice_}.{index}', cout, cin, 3))
+    for k, c in enumerate((64, 128, 256, 512, 512)):
+        s[f'{p}.lin{k}.model.1.weight'] = (1, c, 1, 1)
+    return s
+
+
+def maskgit_shapes(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                   z_channels=256, n_embed=1024):
+    """Keys and shapes of TiTok's ``PretrainedTokenizer`` (MaskGIT-VQGAN)
+    state dict."""
+    s = conv_shapes('encoder.conv_in', ch, 3, 3, bias=False)
+    in_mult = (1, ) + tuple(ch_mult)
+    for i, mult in enumerate(ch_mult):
+        block_in, block_out = ch * in_mult[i], ch * mult
+        for j in range(num_res_blocks):
+            s.update(resnet_shapes(f'encoder.down.{i}.block.{j}', block_in,
+                                   block_out, bias=False,
+                                   shortcut_in=block_out))
+            block_in = block_out
+    c = ch * ch_mult[-1]
+    for half in ('encoder', 'decoder'):
+        for j in range(num_res_blocks):
+            s.update(resnet_shapes(f'{half}.mid.{j}', c, c, bias=False))
+    s.update(norm_shapes('encoder.norm_out', c))
+    s.update(conv_shapes('encoder.conv_out', z_channels, c, 1))
+    s.update(conv_shapes('decoder.conv_in', c, z_channels, 3))
+    for i in range(len(ch_mult)):
+        block_in = ch * ch_mult[min(i + 1, len(ch_mult) - 1)]
+        block_out = ch * ch_mult[i]
+        for j in range(num_res_blocks):
+            s.update(resnet_shapes(f'decoder.up.{i}.block.{j}', block_in,
+                                   block_out, bias=False,
+                                   shortcut_in=block_out))
+            block_in = block_out
+        if i != 0:
+            s.update(conv_shapes(f'decoder.up.{i}.upsample_conv', block_out,
+                                 block_out, 3))
+    s.update(norm_shapes('decoder.norm_out', ch * ch_mult[0]))
+    s.update(conv_shapes('decoder.conv_out', 3, ch * ch_mult[0], 3))
+    s['quantize.embedding.weight'] = (n_embed, z_channels)
+    return s
+
+
+def random_state(shapes, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        key: (torch.tensor(7) if key.endswith('num_batches_tracked') else
+              torch.randn(shape, generator=generator))
+        for key, shape in shapes.items()
+    }
+
+
+def build(path, device='cpu'):
+    import vistok.models  # noqa: F401
+    from vistok.registry import MODELS
+    with DefaultScope.overwrite_default_scope('vistok'), \
+            torch.device(device):
+        return MODELS.build(Config.fromfile(path).model)
+
+
+def assert_landed(official, model, report):
+    """Every mapped official tensor equals the model tensor it went to."""
+    state = model.state_dict()
+    for key, targets in report.mapping.items():
+        for target in targets:
+            assert torch.equal(state[target], official[key]), (key, target)
+
+
+# --- framework --------------------------------------------------------------
+def test_rules_transforms_copies_and_report():
+    official = {'a.w': torch.randn(2, 3), 'b.w': torch.randn(4),
+                'junk.x': torch.zeros(1)}
+    target = {'x.w': (3, 2), 'y.w': (4, ), 'ema.y.w': (4, ), 'count': ()}
+    rules = [(r'a\.(.+)', r'x.\1', lambda t: t.t()),
+             Rule(r'b\.(.+)', (r'y.\1', r'ema.y.\1'))]
+    converted, report = convert_state_dict(
+        official, rules, target, allow_missing=['count'],
+        ignore_unmapped=[r'junk\..+'])
+    assert torch.equal(converted['x.w'], official['a.w'].t())
+    assert torch.equal(converted['ema.y.w'], official['b.w'])
+    assert converted['ema.y.w'].data_ptr() != converted['y.w'].data_ptr()
+    assert report.mapping == {'a.w': ('x.w', ), 'b.w': ('y.w', 'ema.y.w')}
+    assert report.ignored == ['junk.x']
+    assert report.allowed_missing == ['count'] and report.ok
+    assert with_copies(rules[:1], 'ema.')[0].apply('a.q') == ('x.q',
+                                                               'ema.x.q')
+
+
+def test_every_problem_is_reported():
+    official = {'a': torch.zeros(2), 'b': torch.zeros(2), 'c': torch.zeros(3),
+                'd': torch.zeros(1), 'e': torch.zeros(5)}
+    target = {'t': (2, ), 'u': (2, ), 'v': (1, ), 'w': (1, )}
+    rules = [(r'[ab]', 't'), ('c', 'u'), ('d', 'nowhere')]
+    with pytest.raises(ConversionError) as info:
+        convert_state_dict(official, rules, target, source='toy.ckpt')
+    report = info.value.report
+    assert report.unmapped == ['e']
+    assert report.duplicates == {'t': ['a', 'b']}
+    assert report.shape_mismatches == [('c', 'u', (3, ), (2, ))]
+    assert report.unexpected == [('d', 'nowhere')]
+    assert report.missing == ['v', 'w']
+    message = str(info.value)
+    for text in ('toy.ckpt', 'no rule maps', '    e', 't <- a, b',
+                 'c (3,) -> u (2,)', 'd -> nowhere', 'nothing provides',
+                 '    v', '    w'):
+        assert text in message
+
+
+# --- taming VQGAN -----------------------------------------------------------
+def test_taming_f16_16384_converts_one_to_one():
+    """The official f16-16384 layout (76,073,859 generator parameters)
+    lands tensor by tensor in vistok's model of the f16 config."""
+    shapes = taming_shapes(128, (1, 1, 2, 2, 4), 2, (16, ), 256, 256,
+                           16384, 256)
+    generator = sum(torch.Size(v).numel() for k, v in shapes.items()
+                    if not k.startswith('loss.'))
+    assert generator == 76_073_859
+    official = random_state(shapes)
+    model = build(TAMING_F16)
+    converted, report = convert_for_model(
+        official, model, taming_tool.rules_for(model),
+        allow_missing=taming_tool.ALLOW_MISSING,
+        ignore_unmapped=taming_tool.IGNORE_UNMAPPED)
+    # bijection: every official tensor but LPIPS to one distinct key, and
+    # every model key but the LeCam statistics from one official tensor
+    lpips = {k for k in official if k.startswith('loss.perceptual_loss.')}
+    assert sorted(report.ignored) == sorted(lpips)
+    assert set(report.mapping) == set(official) - lpips
+    assert all(len(t) == 1 for t in report.mapping.values())
+    produced = [t for (t, ) in report.mapping.values()]
+    assert len(set(produced)) == len(produced)
+    assert set(produced) | set(report.allowed_missing) == set(
+        model.state_dict())
+    assert report.allowed_missing == ['adversarial_loss.lecam_ema_real',
+                                      'adversarial_loss.lecam_ema_fake']
+    assert_landed(official, model, report)
+    for taming_key, module in [
+            ('decoder.conv_out.weight', model.decoder.conv_out.weight),
+            ('quantize.embedding.weight', model.quantizer.codebook),
+            ('encoder.down.3.downsample.conv.weight',
+             model.encoder.down[3].resample.conv.weight),
+            ('decoder.up.4.upsample.conv.bias',
+             model.decoder.up[4].resample.conv.bias),
+            ('encoder.down.4.attn.1.proj_out.weight',
+             model.encoder.down[4].attn[1].proj_out.weight),
+            ('loss.discriminator.main.9.running_var',
+             model.discriminator.main[9].running_var)]:
+        assert torch.equal(module, official[taming_key])
+    assert set(converted) == set(model.state_dict())
+
+
+@pytest.fixture
+def tiny_taming(tmp_path):
+    config = tmp_path / 'tiny_taming.py'
+    config.write_text(TINY_TAMING_CONFIG)
+    shapes = taming_shapes(**TINY_TAMING, n_embed=64, embed_dim=4,
+                           disc_channels=8)
+    official = random_state(shapes, seed=1)
+    checkpoint = tmp_path / 'last.ckpt'
+    # a Lightning checkpoint: the state dict next to pickled objects
+    torch.save({'state_dict': official, 'epoch': 3,
+                'hyper_parameters': argparse.Namespace(lr=4.5e-6)},
+               checkpoint)
+    return str(config), str(checkpoint), official
+
+
+def test_cli_needs_trust_then_writes_strict_loadable_files(tiny_taming,
+                                                           tmp_path):
+    config, checkpoint, official = tiny_taming
+    out = str(tmp_path / 'vistok.safetensors')
+    with pytest.raises(CheckpointLoadError, match='--trust-checkpoint'):
+        taming_tool.main([checkpoint, out, '--config', config])
+    report = taming_tool.main(
+        [checkpoint, out, '--config', config, '--trust-checkpoint'])
+    assert not pickle_trusted()  # trusted for that load only
+    model = load_tokenizer(config, out)  # strict
+    assert_landed(official, model, report)
+    ema = model.ema.state_dict()  # the EMA copy starts from the weights
+    for key in ('encoder.mid.attn_1.q.weight', 'quantizer.codebook',
+                'post_quant_conv.bias'):
+        assert torch.equal(ema[key], model.state_dict()[key])
+    assert not any(k.startswith('discriminator') for k in ema)
+    assert sorted(report.allowed_missing) == [
+        'adversarial_loss.lecam_ema_fake', 'adversarial_loss.lecam_ema_real',
+        'ema.num_updates']
+    saved = load_file(out)
+    assert saved['adversarial_loss.lecam_ema_real'].item() == 0
+    assert torch.equal(saved['discriminator.main.3.running_mean'],
+                       official['loss.discriminator.main.3.running_mean'])
+    # a .pth output loads as well
+    pth = str(tmp_path / 'vistok.pth')
+    taming_tool.main([checkpoint, pth, '--config', config,
+                      '--trust-checkpoint'])
+    assert torch.equal(load_tokenizer(config, pth).decoder.conv_out.weight,
+                       official['decoder.conv_out.weight'])
+
+
+def test_incomplete_checkpoint_is_refused_with_the_missing_keys(
+        tiny_taming, tmp_path):
+    config, _, official = tiny_taming
+    model = load_tokenizer(config)
+    incomplete = dict(official)
+    del incomplete['decoder.conv_out.weight']
+    del incomplete['encoder.mid.attn_1.q.bias']
+    with pytest.raises(ConversionError) as info:
+        convert_for_model(incomplete, model, taming_tool.rules_for(model),
+                          allow_missing=taming_tool.ALLOW_MISSING,
+                          ignore_unmapped=taming_tool.IGNORE_UNMAPPED,
+                          source='incomplete.ckpt')
+    # the generator key and its EMA copy, nothing else
+    assert info.value.report.missing == [
+        'encoder.mid.attn_1.q.bias', 'decoder.conv_out.weight',
+        'ema.encoder.mid.attn_1.q.bias', 'ema.decoder.conv_out.weight']
+    assert 'incomplete.ckpt' in str(info.value)
+    assert 'decoder.conv_out.weight' in str(info.value)
+    # without the LPIPS ignore pattern its keys are reported unmapped
+    with pytest.raises(ConversionError, match='no rule maps') as info:
+        convert_for_model(official, model, taming_tool.rules_for(model),
+                          allow_missing=taming_tool.ALLOW_MISSING)
+    assert all(k.startswith('loss.perceptual_loss.')
+               for k in info.value.report.unmapped)
+    # a checkpoint of another codebook size: shape mismatch named
+    other = dict(official, **{'quantize.embedding.weight': torch.zeros(9, 4)})
+    with pytest.raises(ConversionError, match=r'quantize.embedding.weight '
+                       r'\(9, 4\) -> quantizer.codebook \(64, 4\)'):
+        convert_for_model(other, model, taming_tool.rules_for(model),
+                          allow_missing=taming_tool.ALLOW_MISSING,
+                          ignore_unmapped=taming_tool.IGNORE_UNMAPPED)
+
+
+# --- MaskGIT-VQGAN ----------------------------------------------------------
+def test_maskgit_release_converts_one_to_one():
+    shapes = maskgit_shapes()
+    assert sum(torch.Size(v).numel() for v in shapes.values()) == 54_515_587
+    official = random_state(shapes, seed=2)
+    model = build(MASKGIT_BASE)
+    _, report = convert_for_model(official, model,
+                                  maskgit_tool.rules_for(model),
+                                  allow_missing=maskgit_tool.ALLOW_MISSING)
+    assert set(report.mapping) == set(official)
+    assert not report.allowed_missing and not report.ignored
+    assert_landed(official, model, report)
+    assert torch.equal(model.decoder.up[2].resample.conv.weight,
+                       official['decoder.up.2.upsample_conv.weight'])
+    assert torch.equal(model.decoder.mid.block_1.conv2.weight,
+                       official['decoder.mid.0.conv2.weight'])
+
+    # the training config: EMA copies, discriminator kept at initialisation
+    full = build(MASKGIT_CONFIG, device='meta')
+    _, report = convert_state_dict(official, maskgit_tool.rules_for(full),
+                                   full,
+                                   allow_missing=maskgit_tool.ALLOW_MISSING)
+    assert report.mapping['quantize.embedding.weight'] == (
+        'quantizer.codebook', 'ema.quantizer.codebook')
+    assert {k.split('.')[0] for k in report.allowed_missing} == {
+        'discriminator', 'adversarial_loss', 'ema'}
+    assert 'ema.num_updates' in report.allowed_missing

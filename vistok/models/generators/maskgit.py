@@ -1,0 +1,319 @@
+"""Class-conditional masked token generator: MaskGIT (Chang et al. 2022,
+"MaskGIT: Masked Generative Image Transformer"), with the U-ViT variant
+(Bao et al. 2023) TiTok-S-128 uses (Yu et al. 2024)."""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from vistok.models.generators.base import (BaseGenerator, ClassEmbedding,
+                                           SamplerCfg, token_cross_entropy)
+from vistok.models.generators.sampling import TokenSampler
+from vistok.models.backbones.transformer import TransformerBlock
+from vistok.registry import MODELS
+
+MASK_SCHEDULES = ('cosine', 'arccos', 'linear')
+
+
+def mask_schedule(ratio: Union[float, torch.Tensor], schedule: str = 'cosine'
+                  ) -> Union[float, torch.Tensor]:
+    """Fraction of tokens masked, ``γ(r)``, at ``r`` ∈ [0, 1] (MaskGIT eq. 2
+    and §3.2; decreasing from 1 at ``r=0`` to 0 at ``r=1``):
+
+    * ``cosine`` (MaskGIT): ``cos(π r / 2)``;
+    * ``arccos`` (MUSE, TiTok): ``arccos(r) / (π / 2)``;
+    * ``linear``: ``1 - r``.
+    """
+    if schedule not in MASK_SCHEDULES:
+        raise ValueError(f'mask schedule must be one of {MASK_SCHEDULES}, '
+                         f'got {schedule!r}')
+    tensor = torch.is_tensor(ratio)
+    r = ratio if tensor else torch.tensor(float(ratio), dtype=torch.float64)
+    if schedule == 'cosine':
+        out = torch.cos(math.pi / 2 * r)
+    elif schedule == 'arccos':
+        out = torch.arccos(r) / (math.pi / 2)
+    else:
+        out = 1 - r
+    return out if tensor else float(out)
+
+
+def gumbel_noise(shape: torch.Size, device: torch.device,
+                 generator: Optional[torch.Generator] = None,
+                 eps: float = 1e-20) -> torch.Tensor:
+    """Standard Gumbel noise ``-log(-log u)``, ``u ~ U[0, 1)`` clamped at
+    ``eps``."""
+    u = torch.rand(shape, device=device, generator=generator)
+    return -torch.log(-torch.log(u.clamp_min(eps)).clamp_min(eps))
+
+
+@MODELS.register_module()
+class MaskGITGenerator(BaseGenerator):
+    """Bidirectional transformer over ``[class token] + N grid tokens``,
+    trained to predict masked tokens and decoded iteratively (MaskGIT).
+
+    Training (MaskGIT §3.2): per sample ``r ~ U[0, 1)``, ``ceil(γ(r)·N)``
+    (at least 1) random positions are replaced by the mask id
+    ``vocab_size``; the loss is the cross-entropy on masked positions (with
+    ``label_smoothing``) plus ``unmasked_weight`` times that on the others
+    (TiTok: 0.1). Labels are dropped to the null class with
+    ``class_dropout_prob``.
+
+    Decoding (MaskGIT §3.2, ``mask_by_random_topk``) over ``steps``
+    iterations ``t = 0 … T-1`` from an all-masked grid: sample every masked
+    token with the sampler (guided at ``progress = t / T``); keep the
+    already decoded ones; confidence = log-probability of the sampled
+    token + ``choice_temperature · (1 - (t+1)/T)`` · Gumbel noise (decoded
+    tokens: +∞); re-mask the ``n = floor(N · γ((t+1)/T))`` least confident,
+    with ``1 ≤ n ≤ (#masked - 1)``; the last step keeps every sampled token.
+    (TiTok's sampler differs in two details: its confidence is the raw
+    logit of the sampled token, and it samples tokens at the annealed
+    temperature too; here token sampling is the sampler's.)
+
+    Networks: ``long_skip=False`` — ``depth`` pre-LN ViT blocks (GELU MLP);
+    ``long_skip=True`` — U-ViT (Bao et al. 2023, §3.1): ``depth / 2`` in
+    blocks, a mid block, ``depth / 2`` out blocks each fusing the matching
+    in-block output by concatenation + linear (TiTok's ``UViTBert``). Both
+    with learned absolute positions, a final LayerNorm and a linear head
+    with bias.
+
+    ``arch`` presets (TiTok's generators, ``vocab_size=4096``,
+    ``num_classes=1000``): ``'titok-bert'`` (768 wide, 24 blocks, 16 heads,
+    MLP 3072; sizes of the B-64 / L-32 ``ImageBert``, pre-LN here) and
+    ``'titok-uvit'`` (1024, 20 + 1, 16, 4096, U-ViT; TiTok-S-128's
+    generator, the same parameters as the official model); or a dict with
+    ``dim, depth, num_heads, ffn_dim`` and optional ``qkv_bias``,
+    ``long_skip``.
+
+    Args:
+        arch: preset name or dict (see above).
+        num_classes, vocab_size, class_dropout_prob, sampler,
+            data_preprocessor, init_cfg: see :class:`BaseGenerator`.
+        token_shape: the token grid (any rank; raster order).
+        mask_schedule: ``γ`` for training and decoding, one of
+            :data:`MASK_SCHEDULES`.
+        steps: decoding iterations ``T``.
+        choice_temperature: Gumbel temperature of the confidence at the
+            first step (annealed linearly to 0).
+        label_smoothing: of the cross-entropy.
+        unmasked_weight: loss weight of the unmasked positions.
+        dropout: dropout on embeddings and block outputs.
+        attn_dropout: dropout on attention weights.
+        norm_eps: LayerNorm epsilon.
+        init_std: std of the truncated normal init of linear / embedding
+            weights and positions.
+    """
+
+    arch_zoo = {
+        'titok-bert':
+        dict(dim=768, depth=24, num_heads=16, ffn_dim=3072, qkv_bias=True,
+             long_skip=False),
+        'titok-uvit':
+        dict(dim=1024, depth=20, num_heads=16, ffn_dim=4096, qkv_bias=False,
+             long_skip=True),
+    }
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'titok-bert',
+                 num_classes: int = 1000,
+                 vocab_size: int = 4096,
+                 token_shape: Sequence[int] = (16, 16),
+                 mask_schedule: str = 'cosine',
+                 steps: int = 8,
+                 choice_temperature: float = 4.5,
+                 label_smoothing: float = 0.1,
+                 unmasked_weight: float = 0.0,
+                 dropout: float = 0.1,
+                 attn_dropout: float = 0.1,
+                 norm_eps: float = 1e-5,
+                 class_dropout_prob: float = 0.1,
+                 init_std: float = 0.02,
+                 sampler: SamplerCfg = dict(type='TokenSampler'),
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(num_classes, vocab_size, class_dropout_prob, sampler,
+                         data_preprocessor, init_cfg)
+        if isinstance(arch, str):
+            if arch not in self.arch_zoo:
+                raise ValueError(f'arch must be one of {sorted(self.arch_zoo)}'
+                                 f' or a dict, got {arch!r}')
+            arch = self.arch_zoo[arch]
+        missing = {'dim', 'depth', 'num_heads', 'ffn_dim'} - set(arch)
+        if missing:
+            raise ValueError(f'arch dict misses {sorted(missing)}')
+        if mask_schedule not in MASK_SCHEDULES:
+            raise ValueError(f'mask_schedule must be one of {MASK_SCHEDULES},'
+                             f' got {mask_schedule!r}')
+        if steps < 1:
+            raise ValueError(f'steps must be >= 1, got {steps}')
+        dim, depth = arch['dim'], arch['depth']
+        long_skip = arch.get('long_skip', False)
+        if long_skip and depth % 2:
+            raise ValueError(f'a U-ViT (long_skip=True) needs an even depth, '
+                             f'got {depth}')
+        self.token_shape = tuple(token_shape)
+        self.num_tokens = int(torch.Size(self.token_shape).numel())
+        self.mask_id = vocab_size
+        self.schedule = mask_schedule
+        self.steps = steps
+        self.choice_temperature = choice_temperature
+        self.label_smoothing = label_smoothing
+        self.unmasked_weight = unmasked_weight
+        self.init_std = init_std
+
+        self.class_embed = ClassEmbedding(num_classes, dim,
+                                          class_dropout_prob)
+        self.token_embed = nn.Embedding(vocab_size + 1, dim)  # + mask id
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens + 1, dim))
+        self.dropout = nn.Dropout(dropout)
+
+        def block(skip: bool = False) -> TransformerBlock:
+            return TransformerBlock(dim, arch['num_heads'], arch['ffn_dim'],
+                                    norm='layer', ffn='gelu',
+                                    qkv_bias=arch.get('qkv_bias', True),
+                                    proj_bias=True, dropout=dropout,
+                                    attn_dropout=attn_dropout,
+                                    norm_eps=norm_eps, long_skip=skip)
+
+        if long_skip:
+            self.in_blocks = nn.ModuleList(block() for _ in range(depth // 2))
+            self.mid_block = block()
+            self.out_blocks = nn.ModuleList(
+                block(skip=True) for _ in range(depth // 2))
+        else:
+            self.blocks = nn.ModuleList(block() for _ in range(depth))
+        self.long_skip = long_skip
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.head = nn.Linear(dim, vocab_size)
+        self._init_parameters()
+
+    def _init_parameters(self) -> None:
+        """Truncated normal(init_std) weights, zero biases, unit norms (as
+        TiTok's ``UViTBert``)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, std=self.init_std)
+                if getattr(module, 'bias', None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.pos_embed, std=self.init_std)
+
+    # --- network --------------------------------------------------------
+    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, *token_shape)`` → ``(B, N)`` raster order."""
+        if not torch.is_tensor(tokens) or \
+                tuple(tokens.shape[1:]) != self.token_shape:
+            shape = tuple(tokens.shape) if torch.is_tensor(tokens) else \
+                type(tokens).__name__
+            raise ValueError(f'tokens must be (B, *token_shape) = (B, '
+                             f'{", ".join(map(str, self.token_shape))}), '
+                             f'got {shape}')
+        return tokens.flatten(1)
+
+    def _network(self, ids: torch.Tensor,
+                 labels: torch.Tensor) -> torch.Tensor:
+        """``ids (B, N)`` (mask id allowed), ``labels (B,)`` → logits
+        ``(B, N, V)``."""
+        h = torch.cat([self.class_embed(labels)[:, None],
+                       self.token_embed(ids)], dim=1)
+        h = self.dropout(h + self.pos_embed)
+        if self.long_skip:
+            skips = []
+            for blk in self.in_blocks:
+                h = blk(h)
+                skips.append(h)
+            h = self.mid_block(h)
+            for blk in self.out_blocks:
+                h = blk(h, skip=skips.pop())
+        else:
+            for blk in self.blocks:
+                h = blk(h)
+        return self.head(self.norm(h)[:, 1:])
+
+    def logits(self, tokens: torch.Tensor,
+               labels: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, N, V)`` of ``tokens (B, *token_shape)``, in which
+        positions holding ``mask_id`` are the masked ones."""
+        return self._network(self._check_tokens(tokens), labels)
+
+    def random_mask(self, batch_size: int, device: torch.device,
+                    generator: Optional[torch.Generator] = None
+                    ) -> torch.Tensor:
+        """Training mask ``(B, N)`` (True = masked): ``ceil(γ(r)·N)``
+        positions, at least 1, uniformly at random, ``r ~ U[0, 1)`` per
+        sample."""
+        r = torch.rand(batch_size, device=device, generator=generator)
+        count = torch.ceil(mask_schedule(r, self.schedule) * self.num_tokens)
+        count = count.clamp(1, self.num_tokens)
+        order = torch.rand(batch_size, self.num_tokens, device=device,
+                           generator=generator).argsort(-1)
+        return order < count[:, None]
+
+    def loss(self, tokens: torch.Tensor,
+             labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``loss_ce`` (see the class doc), ``acc`` on masked positions and
+        the batch's ``mask_ratio``."""
+        seq = self._check_tokens(tokens)
+        mask = self.random_mask(seq.shape[0], seq.device)
+        logits = self._network(seq.masked_fill(mask, self.mask_id), labels)
+        weights = mask.float() + self.unmasked_weight * (~mask).float()
+        out = token_cross_entropy(logits, seq, weights, self.label_smoothing)
+        hit = (logits.detach().argmax(-1) == seq) & mask
+        out['acc'] = hit.sum() / mask.sum()
+        out['mask_ratio'] = mask.float().mean()
+        return out
+
+    # --- sampling -------------------------------------------------------
+    @torch.no_grad()
+    def generate(self,
+                 labels: torch.Tensor,
+                 sampler: Optional[TokenSampler] = None,
+                 generator: Optional[torch.Generator] = None,
+                 steps: Optional[int] = None,
+                 choice_temperature: Optional[float] = None,
+                 return_history: bool = False
+                 ) -> Union[torch.Tensor, Tuple[torch.Tensor,
+                                                List[torch.Tensor]]]:
+        """Decode ``(B, *token_shape)`` tokens for ``labels (B,)`` (see the
+        class doc); ``steps`` / ``choice_temperature`` default to the
+        constructor's. With ``return_history`` also the list of the
+        ``steps`` intermediate grids (``mask_id`` where still masked)."""
+        sampler = self.sampler if sampler is None else sampler
+        steps = self.steps if steps is None else steps
+        if steps < 1:
+            raise ValueError(f'steps must be >= 1, got {steps}')
+        if choice_temperature is None:
+            choice_temperature = self.choice_temperature
+        labels = torch.as_tensor(labels, device=self.pos_embed.device).long()
+        batch_labels = self.guidance_labels(labels, sampler)
+        ids = torch.full((len(labels), self.num_tokens), self.mask_id,
+                         dtype=torch.long, device=labels.device)
+        history = []
+        for t in range(steps):
+            logits = self._network(self.guidance_repeat(ids, sampler),
+                                   batch_labels)
+            logits = self.guided(logits, sampler, t / steps).float()
+            masked = ids == self.mask_id
+            sampled = torch.where(masked, sampler.sample(logits, generator),
+                                  ids)
+            if t + 1 < steps:
+                ratio = (t + 1) / steps
+                log_p = logits.log_softmax(-1).gather(
+                    -1, sampled[..., None])[..., 0]
+                confidence = log_p.masked_fill(~masked, float('inf'))
+                confidence = confidence + choice_temperature * (
+                    1 - ratio) * gumbel_noise(confidence.shape,
+                                              confidence.device, generator)
+                n = math.floor(self.num_tokens *
+                               mask_schedule(ratio, self.schedule))
+                n = (masked.sum(-1, keepdim=True) - 1).clamp(max=n).clamp(
+                    min=1)
+                rank = confidence.argsort(-1).argsort(-1)
+                sampled = sampled.masked_fill(rank < n, self.mask_id)
+            ids = sampled
+            history.append(ids.view(len(labels), *self.token_shape))
+        tokens = history[-1]
+        return (tokens, history) if return_history else tokens
