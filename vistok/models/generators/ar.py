@@ -79,14 +79,7 @@ class ARGenerator(BaseGenerator):
                  init_cfg: Optional[dict] = None):
         super().__init__(num_classes, vocab_size, class_dropout_prob, sampler,
                          data_preprocessor, init_cfg)
-        if isinstance(arch, str):
-            if arch not in self.arch_zoo:
-                raise ValueError(f'arch must be one of {sorted(self.arch_zoo)}'
-                                 f' or a dict, got {arch!r}')
-            arch = self.arch_zoo[arch]
-        missing = {'dim', 'depth', 'num_heads'} - set(arch)
-        if missing:
-            raise ValueError(f'arch dict misses {sorted(missing)}')
+        arch = self.resolve_arch(arch, ('dim', 'depth', 'num_heads'))
         dim, depth, num_heads = arch['dim'], arch['depth'], arch['num_heads']
         self.token_shape = tuple(token_shape)
         self.num_tokens = int(torch.Size(self.token_shape).numel())

@@ -164,6 +164,24 @@ class BaseGenerator(BaseModel):
         self.class_dropout_prob = class_dropout_prob
         self.sampler = self.build_sampler(sampler)
 
+    #: named architectures of a subclass (name -> dict of sizes)
+    arch_zoo: Dict[str, dict] = {}
+
+    @classmethod
+    def resolve_arch(cls, arch: Union[str, dict],
+                     required: Sequence[str]) -> dict:
+        """The sizes of ``arch``: a name in :attr:`arch_zoo` or a dict that
+        must hold every key in ``required``."""
+        if isinstance(arch, str):
+            if arch not in cls.arch_zoo:
+                raise ValueError(f'arch must be one of {sorted(cls.arch_zoo)}'
+                                 f' or a dict, got {arch!r}')
+            arch = cls.arch_zoo[arch]
+        missing = set(required) - set(arch)
+        if missing:
+            raise ValueError(f'arch dict misses {sorted(missing)}')
+        return arch
+
     @staticmethod
     def build_sampler(sampler: SamplerCfg) -> TokenSampler:
         """A :class:`TokenSampler` from a SAMPLERS config or itself."""

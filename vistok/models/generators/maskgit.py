@@ -134,14 +134,8 @@ class MaskGITGenerator(BaseGenerator):
                  init_cfg: Optional[dict] = None):
         super().__init__(num_classes, vocab_size, class_dropout_prob, sampler,
                          data_preprocessor, init_cfg)
-        if isinstance(arch, str):
-            if arch not in self.arch_zoo:
-                raise ValueError(f'arch must be one of {sorted(self.arch_zoo)}'
-                                 f' or a dict, got {arch!r}')
-            arch = self.arch_zoo[arch]
-        missing = {'dim', 'depth', 'num_heads', 'ffn_dim'} - set(arch)
-        if missing:
-            raise ValueError(f'arch dict misses {sorted(missing)}')
+        arch = self.resolve_arch(arch,
+                                 ('dim', 'depth', 'num_heads', 'ffn_dim'))
         if mask_schedule not in MASK_SCHEDULES:
             raise ValueError(f'mask_schedule must be one of {MASK_SCHEDULES},'
                              f' got {mask_schedule!r}')

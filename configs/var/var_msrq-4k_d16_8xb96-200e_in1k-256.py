@@ -1,0 +1,40 @@
+# VAR-d16 (Tian et al. 2024, "Visual Autoregressive Modeling"): next-scale
+# prediction over VAR's multi-scale residual tokenizer (scales 1..16, 680
+# tokens, 4096 codes of dimension 32), width 1024, 16 heads, AdaLN class
+# conditioning, block-causal attention over scales; 310,283,520 parameters
+# without the tokenizer (tested). VAR trains d16 for 200 epochs at batch 768
+# with AdamW (0.9, 0.95), wd 0.05, lr 1e-4 x 768 / 256; paper FID 3.55
+# (cfg 1.5 ramped linearly over scales, top-k 900, top-p 0.96).
+# The frozen quantizer (embeddings + phi convs) is read from
+# `quantizer_weights` (a vistok tokenizer checkpoint with VAR's multi-scale
+# quantizer; converting VAR's vae_ch160v4096z32.pth is not provided yet).
+_base_ = [
+    '../_base_/datasets/imagenet_tokens.py',
+    '../_base_/schedules/adamw_generator.py',
+    '../_base_/default_runtime.py',
+]
+token_root = 'data/tokens/imagenet-train-var'
+num_gpus, batch_per_gpu = 8, 96
+iters_per_epoch = 1281167 // (num_gpus * batch_per_gpu)
+model = dict(
+    type='VARGenerator',
+    depth=16,
+    num_classes=1000,
+    patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+    quantizer=dict(type='MultiScaleResidualQuantizer',
+                   scales=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+                   quantizer=dict(type='VectorQuantizer', codebook_size=4096,
+                                  embed_dim=32)),
+    quantizer_weights='checkpoints/var_tokenizer_vistok.pth',
+    class_dropout_prob=0.1,
+    sampler=dict(type='TokenSampler', temperature=1.0, top_k=900, top_p=0.96,
+                 guidance_scale=1.5, guidance_schedule='linear'),
+)
+train_dataloader = dict(batch_size=batch_per_gpu,
+                        dataset=dict(data_root=token_root))
+optim_wrapper = dict(optimizer=dict(lr=1e-4 * num_gpus * batch_per_gpu / 256))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0,
+         end=3 * iters_per_epoch),
+]
+train_cfg = dict(max_iters=200 * iters_per_epoch)
