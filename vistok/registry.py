@@ -178,3 +178,6 @@ FEATURE_EXTRACTORS = _family('FEATURE_EXTRACTORS', 'feature extractor',
                              ['vistok.evaluation'])
 #: token samplers of the generators (temperature, top-k/p, guidance)
 SAMPLERS = _family('SAMPLERS', 'token sampler', ['vistok.models.generators'])
+#: segmentation post-processing (watershed, agglomeration, multicut)
+POSTPROCESSORS = _family('POSTPROCESSORS', 'post-processor',
+                         ['vistok.models.segmentors'])

@@ -1,0 +1,1 @@
+"""Segmentation algorithms and post-processing."""
