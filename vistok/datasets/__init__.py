@@ -2,7 +2,7 @@
 all. Images are RGB ``(H, W, 3)`` ``uint8`` arrays until
 :class:`~vistok.datasets.transforms.PackInputs` makes them ``(3, H, W)``
 tensors."""
-from . import samplers, transforms
+from . import em, samplers, transforms
 from .base import BaseImageDataset, SeededDatasetMixin, build_pipeline
 from .image_folder import ImageFolderDataset
 from .procedural import ProceduralShapesDataset
@@ -12,7 +12,7 @@ from .token_shards import TokenShardDataset
 from .webdataset import WebDatasetShards
 
 __all__ = [
-    'BaseImageDataset', 'ImageFolderDataset', 'ProceduralShapesDataset',
+    'BaseImageDataset', 'em', 'ImageFolderDataset', 'ProceduralShapesDataset',
     'ResumableInfiniteSampler', 'SeededDatasetMixin', 'SeededIndex',
     'SkimagePhotoDataset', 'TokenShardDataset', 'WebDatasetShards', 'build_pipeline', 'samplers',
     'transforms'

@@ -2,11 +2,12 @@
 extractors."""
 from .feature_extractors import (FeatureExtractor, InceptionV3Compat,
                                  PytorchFIDInception, RandomConvFeatures)
-from .metrics import (PSNR, SSIM, CodebookUsage, FrechetInceptionDistance,
-                      LPIPSMetric)
+from .metrics import (PSNR, SSIM, VOI, AdaptedRandError, CodebookUsage,
+                      FrechetInceptionDistance, LPIPSMetric)
 
 __all__ = [
-    'PSNR', 'SSIM', 'CodebookUsage', 'FrechetInceptionDistance', 'LPIPSMetric',
+    'PSNR', 'SSIM', 'VOI', 'AdaptedRandError', 'CodebookUsage',
+    'FrechetInceptionDistance', 'LPIPSMetric',
     'FeatureExtractor', 'InceptionV3Compat', 'PytorchFIDInception',
     'RandomConvFeatures'
 ]

@@ -2,9 +2,9 @@
 data preprocessors) and the algorithms built from them. Importing this package
 registers everything in vistok's registries."""
 from . import (backbones, data_preprocessors, discriminators, generators,
-               heads, losses, quantizers, tokenizers)
+               heads, losses, quantizers, segmentors, tokenizers)
 
 __all__ = [
     'backbones', 'data_preprocessors', 'discriminators', 'generators',
-    'heads', 'losses', 'quantizers', 'tokenizers'
+    'heads', 'losses', 'quantizers', 'segmentors', 'tokenizers'
 ]

@@ -106,7 +106,8 @@ def _matches_any(key: str, patterns: Sequence[str]) -> bool:
     return any(re.fullmatch(p, key) for p in patterns)
 
 
-def _list(title: str, items: Sequence, limit: int) -> str:
+def format_key_list(title: str, items: Sequence, limit: int) -> str:
+    """``title (n):`` then one indented line per item, at most ``limit``."""
     lines = [f'  {title} ({len(items)}):']
     lines += [f'    {item}' for item in items[:limit]]
     if len(items) > limit:
@@ -157,26 +158,26 @@ class ConversionReport:
                  f'ignored, {len(self.allowed_missing)} target keys allowed '
                  f'to keep their initial values']
         if self.unmapped:
-            lines.append(_list(
+            lines.append(format_key_list(
                 'official keys no rule maps (add a rule, or an '
                 'ignore_unmapped pattern if they are not needed)',
                 self.unmapped, limit))
         if self.missing:
-            lines.append(_list(
+            lines.append(format_key_list(
                 'target keys nothing provides (add a rule, or an '
                 'allow_missing pattern if they may keep their initial '
                 'values)', self.missing, limit))
         if self.unexpected:
-            lines.append(_list(
+            lines.append(format_key_list(
                 'mapped to keys the target does not have',
                 [f'{o} -> {t}' for o, t in self.unexpected], limit))
         if self.duplicates:
-            lines.append(_list(
+            lines.append(format_key_list(
                 'target keys produced by several official keys',
                 [f'{t} <- {", ".join(o)}'
                  for t, o in self.duplicates.items()], limit))
         if self.shape_mismatches:
-            lines.append(_list(
+            lines.append(format_key_list(
                 'shape mismatches (official -> target)',
                 [f'{o} {tuple(so)} -> {t} {tuple(st)}'
                  for o, t, so, st in self.shape_mismatches], limit))

@@ -2,9 +2,10 @@ from .codebook_usage import CodebookUsage
 from .fid import FrechetInceptionDistance, fid_protocol_fingerprint
 from .lpips import LPIPSMetric
 from .psnr import PSNR
+from .segmentation import VOI, AdaptedRandError
 from .ssim import SSIM, ssim
 
 __all__ = [
     'PSNR', 'SSIM', 'ssim', 'CodebookUsage', 'FrechetInceptionDistance',
-    'fid_protocol_fingerprint', 'LPIPSMetric'
+    'fid_protocol_fingerprint', 'LPIPSMetric', 'VOI', 'AdaptedRandError'
 ]

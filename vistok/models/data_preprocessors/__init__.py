@@ -1,3 +1,4 @@
 from .token import TokenDataPreprocessor
+from .volume import VolumeDataPreprocessor
 
-__all__ = ['TokenDataPreprocessor']
+__all__ = ['TokenDataPreprocessor', 'VolumeDataPreprocessor']
