@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from mmengine.optim import OptimWrapper
 from skimage.metrics import variation_of_information
 
+from vistok.datasets.em.affinity import affinities_from_labels
 from vistok.evaluation.metrics.segmentation import VOI, AdaptedRandError
 from vistok.models.losses.weighted_mse import ClassBalancedMSELoss
 from vistok.models.segmentors.affinity_segmentor import AffinitySegmentor
@@ -52,14 +53,9 @@ class OracleAffinityNet(nn.Module):
 
 
 def affinities_of(labels):
-    affinities = np.zeros((3, ) + labels.shape, np.float32)
-    for d in range(3):
-        here = [slice(None)] * 3
-        there = [slice(None)] * 3
-        here[d], there[d] = slice(1, None), slice(None, -1)
-        a, b = labels[tuple(here)], labels[tuple(there)]
-        affinities[d][tuple(here)] = (a == b) & (a != 0)
-    return affinities
+    """Nearest-neighbour affinities (waterz convention): channel d at p is
+    1 iff p and p - e_d share a non-zero label."""
+    return affinities_from_labels(labels)[0]
 
 
 def cell_volume(shape=(8, 40, 40), num_cells=6, seed=0):

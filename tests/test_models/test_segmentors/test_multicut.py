@@ -4,6 +4,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.metrics import variation_of_information
 
+from vistok.datasets.em.affinity import affinities_from_labels
 from vistok.models.segmentors.multicut import (
     Multicut, greedy_additive_edge_contraction, kernighan_lin,
     multicut_objective, probabilities_to_costs)
@@ -31,14 +32,9 @@ def same_partition(a, b):
 
 
 def affinities_of(labels):
-    affinities = np.zeros((3, ) + labels.shape, np.float32)
-    for d in range(3):
-        here = [slice(None)] * 3
-        there = [slice(None)] * 3
-        here[d], there[d] = slice(1, None), slice(None, -1)
-        a, b = labels[tuple(here)], labels[tuple(there)]
-        affinities[d][tuple(here)] = (a == b) & (a != 0)
-    return affinities
+    """Nearest-neighbour affinities (waterz convention): channel d at p is
+    1 iff p and p - e_d share a non-zero label."""
+    return affinities_from_labels(labels)[0]
 
 
 def test_gaec_finds_the_optimum_of_two_triangles():

@@ -3,6 +3,7 @@ import pytest
 import scipy.ndimage as ndi
 from skimage.metrics import variation_of_information
 
+from vistok.datasets.em.affinity import affinities_from_labels
 from vistok.models.segmentors.postprocess import (MEAN_SCORING,
                                                   MEDIAN_SCORING,
                                                   WatershedAgglomeration,
@@ -16,14 +17,7 @@ from vistok.registry import POSTPROCESSORS
 def affinities_of(labels):
     """Nearest-neighbour affinities (waterz convention): channel d at p is
     1 iff p and p - e_d share a non-zero label."""
-    affinities = np.zeros((3, ) + labels.shape, np.float32)
-    for d in range(3):
-        here = [slice(None)] * 3
-        there = [slice(None)] * 3
-        here[d], there[d] = slice(1, None), slice(None, -1)
-        a, b = labels[tuple(here)], labels[tuple(there)]
-        affinities[d][tuple(here)] = (a == b) & (a != 0)
-    return affinities
+    return affinities_from_labels(labels)[0]
 
 
 def three_regions(depth=4, size=24, noise=0.03, seed=0):
