@@ -71,7 +71,7 @@ class AffinitySegmentor(BaseModel):
             ``allow_shape_mismatch`` regexes), applied in ``init_weights``
             after the random initialisation: e.g. a pre-trained backbone whose
             ``final_conv`` predicted 1 channel is loaded with
-            ``allow_shape_mismatch=[r'backbone\.final_conv\..*']``; anything
+            ``allow_shape_mismatch=[r'backbone\\.final_conv\\..*']``; anything
             else that does not fit is an error, never a silent skip.
         data_preprocessor: MODELS config (vistok scope) or module; default
             :class:`~vistok.models.data_preprocessors.volume.
