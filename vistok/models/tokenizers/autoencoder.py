@@ -28,19 +28,19 @@ PartCfg = Union[dict, nn.Module]
 LossCfg = Union[PartCfg, Sequence[PartCfg]]
 
 
-def _build(registry, part: PartCfg) -> nn.Module:
+def build_part(registry, part: PartCfg) -> nn.Module:
     """Build a part from its config, or take an already built module."""
     return part if isinstance(part, nn.Module) else registry.build(part)
 
 
-def _build_losses(cfgs: Optional[LossCfg], key: str
+def build_losses(cfgs: Optional[LossCfg], key: str
                   ) -> Tuple[nn.ModuleList, List[str]]:
     """A ModuleList of LOSSES and the config key of each (for errors)."""
     if cfgs is None:
         return nn.ModuleList(), []
     if isinstance(cfgs, (dict, nn.Module)):
-        return nn.ModuleList([_build(LOSSES, cfgs)]), [key]
-    return (nn.ModuleList(_build(LOSSES, cfg) for cfg in cfgs),
+        return nn.ModuleList([build_part(LOSSES, cfgs)]), [key]
+    return (nn.ModuleList(build_part(LOSSES, cfg) for cfg in cfgs),
             [f'{key}[{i}]' for i in range(len(cfgs))])
 
 
@@ -132,9 +132,9 @@ class AutoencoderTokenizer(BaseModel):
             data_preprocessor = copy.deepcopy(DEFAULT_DATA_PREPROCESSOR)
         super().__init__(
             data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.encoder = _build(BACKBONES, encoder)
-        self.quantizer = _build(QUANTIZERS, quantizer)
-        self.decoder = _build(BACKBONES, decoder)
+        self.encoder = build_part(BACKBONES, encoder)
+        self.quantizer = build_part(QUANTIZERS, quantizer)
+        self.decoder = build_part(BACKBONES, decoder)
         self.quant_conv = self._channel_adapter(
             use_quant_conv, self.encoder.out_channels,
             self.quantizer.in_channels, 'encoder.out_channels',
@@ -144,10 +144,10 @@ class AutoencoderTokenizer(BaseModel):
             self.decoder.in_channels, 'quantizer.in_channels',
             'decoder.in_channels')
 
-        self.reconstruction_losses, recon_keys = _build_losses(
+        self.reconstruction_losses, recon_keys = build_losses(
             reconstruction_loss or dict(type='L1Loss'),
             'model.reconstruction_loss')
-        self.perceptual_losses, perceptual_keys = _build_losses(
+        self.perceptual_losses, perceptual_keys = build_losses(
             perceptual_loss, 'model.perceptual_loss')
         self._loss_keys = recon_keys + perceptual_keys
         names = [loss.loss_name for loss in self.nll_losses()]
@@ -159,9 +159,9 @@ class AutoencoderTokenizer(BaseModel):
             raise ValueError('model.discriminator and model.adversarial_loss '
                              'must be given together')
         self.discriminator = (None if discriminator is None else
-                              _build(DISCRIMINATORS, discriminator))
+                              build_part(DISCRIMINATORS, discriminator))
         self.adversarial_loss = (None if adversarial_loss is None else
-                                 _build(LOSSES, adversarial_loss))
+                                 build_part(LOSSES, adversarial_loss))
         self.last_layer = last_layer
         if self.discriminator is not None:
             try:

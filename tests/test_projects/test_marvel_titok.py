@@ -1,0 +1,179 @@
+"""TiTok tokenizer of projects/MARVEL: official parameter counts, exact
+token round trip, stage-1 proxy training and the legacy latent layout."""
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from mmengine.optim import OptimWrapper
+from mmengine.registry import DefaultScope
+
+from _helpers import REPO_ROOT
+from projects.MARVEL.marvel.titok import TiTokTokenizer
+from vistok.utils.weights import MissingWeightsError
+
+CONFIGS = osp.join(REPO_ROOT, 'projects/MARVEL/configs')
+MASKGIT_BASE = osp.join(REPO_ROOT,
+                        'configs/_base_/models/maskgit_vqgan_conv-f16.py')
+#: official counts (encoder + VQ + decoder + proxy head) and the teacher's
+#: pixel parts (MaskGIT-VQGAN decoder + its 1024 x 256 codebook)
+COUNTS = {'l32': 610_314_252, 'b64': 174_073_612, 's128': 52_934_156}
+WITH_PIXEL_PARTS = {'l32': 641_054_735, 'b64': 204_814_095, 's128': 83_674_639}
+IMAGE = 64
+TINY_CONV = dict(ch=8,
+                 ch_mult=(1, 1, 2, 2, 4),
+                 num_res_blocks=1,
+                 resolution=IMAGE,
+                 z_channels=8,
+                 num_groups=4)
+
+
+def build(cfg, device='cpu'):
+    import vistok.models  # noqa: F401
+    from vistok.registry import MODELS
+    with DefaultScope.overwrite_default_scope('vistok'), \
+            torch.device(device):
+        return MODELS.build(cfg)
+
+
+def num_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize('name', sorted(COUNTS))
+def test_official_parameter_counts(name):
+    path = osp.join(CONFIGS, f'titok_vq-4k_{name}_8xb32-1m_in1k-256.py')
+    model = build(Config.fromfile(path).model, 'meta')
+    assert num_params(model) == COUNTS[name]
+    assert num_params(model.teacher) == 0  # frozen: buffers only
+    teacher = build(Config.fromfile(MASKGIT_BASE).model, 'meta')
+    pixel_parts = (num_params(teacher.decoder) + num_params(teacher.quantizer))
+    assert pixel_parts == 30_478_339 + 262_144
+    assert COUNTS[name] + pixel_parts == WITH_PIXEL_PARTS[name]
+
+
+def tiny_teacher_cfg(codebook_size=16):
+    cfg = Config.fromfile(MASKGIT_BASE).model
+    cfg.encoder.update(TINY_CONV)
+    cfg.decoder.update(TINY_CONV)
+    cfg.quantizer.update(codebook_size=codebook_size, embed_dim=8)
+    return cfg
+
+
+def tiny_titok(head='proxy',
+               is_legacy=False,
+               teacher=None,
+               teacher_path=None,
+               num_proxy_codes=16,
+               pixel_range=None):
+    vit = dict(size=None,
+               width=32,
+               depth=1,
+               num_heads=2,
+               num_latent_tokens=8,
+               img_size=IMAGE,
+               patch_size=16)
+    torch.manual_seed(0)
+    return TiTokTokenizer(encoder=dict(type='LatentTokenEncoder',
+                                       out_channels=12,
+                                       **vit),
+                          quantizer=dict(type='VectorQuantizer',
+                                         codebook_size=64,
+                                         embed_dim=12,
+                                         use_l2_norm=True),
+                          decoder=dict(type='LatentTokenDecoder',
+                                       in_channels=12,
+                                       **vit),
+                          head=head,
+                          teacher=teacher,
+                          teacher_path=teacher_path,
+                          num_proxy_codes=num_proxy_codes,
+                          is_legacy=is_legacy,
+                          pixel_range=pixel_range)
+
+
+@pytest.mark.parametrize('head,channels', [('proxy', 16), ('pixel', 3)])
+def test_decode_of_encode_equals_forward(head, channels):
+    model = tiny_titok(head).eval()
+    images = torch.rand(2, 3, IMAGE, IMAGE) * 2 - 1
+    with torch.no_grad():
+        out = model(images, mode='tensor')
+        tokens = model.encode(images)
+        decoded = model.decode(tokens)
+    assert tokens.shape == (2, 8)
+    assert out['output'].shape == (2, channels) + (
+        (4, 4) if head == 'proxy' else (IMAGE, IMAGE))
+    assert torch.equal(decoded, out['output'])
+    assert torch.equal(tokens, out['quantizer'].indices)
+
+
+def test_pixel_range_maps_inputs_and_pixel_outputs():
+    model = tiny_titok('pixel', pixel_range=(0.0, 1.0)).eval()
+    images = torch.rand(2, 3, IMAGE, IMAGE) * 2 - 1
+    with torch.no_grad():
+        tokens = model.encode(images)
+        raw = model.head(model.decoder(model.quantizer.decode(tokens)))
+        assert torch.equal(
+            tokens, model.quantizer.encode(model.encoder((images + 1) * 0.5)))
+        torch.testing.assert_close(model.decode(tokens), raw * 2 - 1)
+        assert torch.equal(model.decode(tokens),
+                           model(images, mode='tensor')['output'])
+
+
+def test_legacy_layout_reshapes_without_permute():
+    model = tiny_titok(is_legacy=True).eval()
+    plain = tiny_titok(is_legacy=False).eval()
+    plain.load_state_dict(model.state_dict())
+    images = torch.rand(2, 3, IMAGE, IMAGE) * 2 - 1
+    captured = {}
+    model.encoder.ln_post.register_forward_hook(
+        lambda m, i, o: captured.setdefault('h', o))
+    with torch.no_grad():
+        legacy = model.encoder(images)
+        fixed = plain.encoder(images)
+        hidden = captured['h']  # (B, K, width) before the projection
+        batch, tokens, width = hidden.shape
+        proj = model.encoder.proj_out  # its weights, without the hook
+        expected = F.linear(
+            hidden.reshape(batch, width, tokens).transpose(1, 2), proj.weight,
+            proj.bias)
+        fixed_expected = F.linear(hidden, proj.weight, proj.bias)
+    assert torch.equal(legacy, expected.transpose(1, 2))
+    assert torch.equal(fixed, fixed_expected.transpose(1, 2))
+    assert not torch.allclose(legacy, fixed)
+
+
+def test_stage1_train_step_lowers_proxy_cross_entropy(tmp_path):
+    torch.manual_seed(1)
+    teacher = build(tiny_teacher_cfg())
+    path = str(tmp_path / 'teacher.pth')
+    torch.save(teacher.state_dict(), path)
+    model = tiny_titok(teacher=tiny_teacher_cfg(), teacher_path=path)
+    with pytest.raises(MissingWeightsError, match='model.teacher_path'):
+        tiny_titok(teacher=tiny_teacher_cfg()).init_weights()
+    model.init_weights()
+    for name, tensor in teacher.state_dict().items():
+        assert torch.equal(model.teacher.get_buffer(name), tensor)
+    assert not any(k.startswith('teacher.') for k in model.state_dict())
+
+    generator = torch.Generator().manual_seed(2)
+    data = dict(inputs=[
+        torch.randint(
+            0, 256, (3, IMAGE, IMAGE), dtype=torch.uint8, generator=generator)
+        for _ in range(4)
+    ])
+    wrapper = OptimWrapper(torch.optim.Adam(model.parameters(), lr=3e-3))
+    model.train()
+    logs = [model.train_step(data, wrapper) for _ in range(25)]
+    history = [float(log['loss_proxy_ce']) for log in logs]
+    assert history[-1] < 0.5 * history[0]
+    # accuracy on the teacher's codes beats always guessing its commonest code
+    codes = model.teacher.encode(model.data_preprocessor(data)['inputs'])
+    majority = codes.flatten().bincount().max().item() / codes.numel()
+    assert float(logs[-1]['proxy_acc']) > majority + 0.1
+
+    model.eval()
+    samples = model.predict(model.data_preprocessor(data)['inputs'])
+    assert samples[0].pred_img.shape == (3, IMAGE, IMAGE)
+    assert samples[0].tokens.shape == (8, )
