@@ -79,7 +79,7 @@ from numpy.lib import format as npy_format  # noqa: E402
 from vistok.apis.tokenize import (detokenize, load_tokenizer,  # noqa: E402
                                   load_weights)
 from vistok.datasets.token_shards import sha256_file  # noqa: E402
-from vistok.engine.dist import init_dist  # noqa: E402
+from vistok.engine.dist import finalize_dist, init_dist  # noqa: E402
 from vistok.registry import MODELS  # noqa: E402
 from vistok.utils.checkpoint import (CheckpointLoadError,  # noqa: E402
                                      trust_pickled_checkpoints)
@@ -475,6 +475,7 @@ def main(argv=None) -> dict:
             result['complete'] = True
             if args.fid_reference:
                 result.update(score_fid(out, args, device))
+    finalize_dist()
     return result
 
 

@@ -14,6 +14,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from vistok.apis import apply_cli_options, build_runner  # noqa: E402
+from vistok.engine.dist import finalize_dist  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -56,6 +57,7 @@ def main(argv=None):
             dict(type='SaveReconstructionsHook', out_dir=args.show_dir)]
     runner = build_runner(cfg, trust_checkpoint=args.trust_checkpoint)
     metrics = runner.test()
+    finalize_dist()
     print({k: float(v) if hasattr(v, '__float__') else v
            for k, v in metrics.items()})
     return metrics

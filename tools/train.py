@@ -15,6 +15,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from vistok.apis import apply_cli_options, build_runner  # noqa: E402
+from vistok.engine.dist import finalize_dist  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -54,6 +55,7 @@ def main(argv=None):
                       cfg_options=args.cfg_options)
     runner = build_runner(cfg, trust_checkpoint=args.trust_checkpoint)
     runner.train()
+    finalize_dist()
 
 
 if __name__ == '__main__':

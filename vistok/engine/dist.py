@@ -70,3 +70,12 @@ def init_dist(launcher: str, backend=None, timeout=1800, port=None,
         world_size=int(os.environ['WORLD_SIZE']),
         timeout=datetime.timedelta(seconds=timeout),
         **kwargs)
+
+
+def finalize_dist() -> None:
+    """Wait for every rank, then destroy the process group (no-op when none
+    exists): a rank that exits while gloo threads of the others still talk
+    to it can abort the whole job at shutdown."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
