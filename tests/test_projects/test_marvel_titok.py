@@ -66,7 +66,8 @@ def tiny_titok(head='proxy',
                teacher=None,
                teacher_path=None,
                num_proxy_codes=16,
-               pixel_range=None):
+               pixel_range=None,
+               quantizer=None):
     vit = dict(size=None,
                width=32,
                depth=1,
@@ -78,10 +79,9 @@ def tiny_titok(head='proxy',
     return TiTokTokenizer(encoder=dict(type='LatentTokenEncoder',
                                        out_channels=12,
                                        **vit),
-                          quantizer=dict(type='VectorQuantizer',
-                                         codebook_size=64,
-                                         embed_dim=12,
-                                         use_l2_norm=True),
+                          quantizer=quantizer or dict(
+                              type='VectorQuantizer', codebook_size=64,
+                              embed_dim=12, use_l2_norm=True),
                           decoder=dict(type='LatentTokenDecoder',
                                        in_channels=12,
                                        **vit),
@@ -177,3 +177,21 @@ def test_stage1_train_step_lowers_proxy_cross_entropy(tmp_path):
     samples = model.predict(model.data_preprocessor(data)['inputs'])
     assert samples[0].pred_img.shape == (3, IMAGE, IMAGE)
     assert samples[0].tokens.shape == (8, )
+
+
+@pytest.mark.parametrize('depth', [1, 2, 4])
+def test_marvel_residual_lfq_token_budget(depth):
+    """MARVEL-L-32*D: K latent tokens x D residual LFQ depths = K·D ids per
+    image (4,096 codes per depth), and decode(encode(x)) is the forward."""
+    quantizer = dict(type='ResidualQuantizer', depth=depth,
+                     depth_scales='pow2',
+                     quantizer=dict(type='LookupFreeQuantizer',
+                                    codebook_bits=12))
+    model = tiny_titok('pixel', quantizer=quantizer).eval()
+    images = torch.rand(2, 3, IMAGE, IMAGE) * 2 - 1
+    with torch.no_grad():
+        ids = model.encode(images)
+        assert ids.shape == (2, 8, depth) and ids[0].numel() == 8 * depth
+        assert int(ids.max()) < 4096
+        out = model(images, mode='tensor')
+        assert torch.equal(model.decode(ids), out['output'])

@@ -1,0 +1,14 @@
+# MARVEL-L-32 stage 1 (architecture): TiTok-L-32 with MARVEL's residual
+# lookup-free quantizer — each depth quantizes the residual by sign (12 bits,
+# 4,096 implicit codes per depth), output scaled 2^-d, entropy + commitment
+# losses — instead of the 4096 x 12 VQ; 32 x depth token ids per image.
+# In progress (issue 7): the initialisation from TiTok-L-32 weights (encoder
+# and decoder kept, quantizer and pixel parts dropped) is not wired yet.
+_base_ = ['./titok_vq-4k_l32_8xb32-1m_in1k-256.py']
+depth = 1
+model = dict(quantizer=dict(
+    _delete_=True,
+    type='ResidualQuantizer',
+    depth=depth,
+    depth_scales='pow2',
+    quantizer=dict(type='LookupFreeQuantizer', codebook_bits=12)))
