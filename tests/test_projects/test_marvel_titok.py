@@ -195,3 +195,25 @@ def test_marvel_residual_lfq_token_budget(depth):
         assert int(ids.max()) < 4096
         out = model(images, mode='tensor')
         assert torch.equal(model.decode(ids), out['output'])
+
+
+def test_marvel_stage1_starts_from_titok_weights(tmp_path):
+    """MARVEL stage 1 keeps TiTok's encoder, decoder and proxy head and drops
+    its VQ codebook (the residual LFQ has none); anything else that does not
+    fit is refused."""
+    from vistok.utils.partial_load import PartialLoadError
+    titok = tiny_titok('proxy')
+    path = tmp_path / 'titok.pth'
+    torch.save({'state_dict': titok.state_dict()}, path)
+    rlfq = dict(type='ResidualQuantizer', depth=2, depth_scales='pow2',
+                quantizer=dict(type='LookupFreeQuantizer', codebook_bits=12))
+    marvel = tiny_titok('proxy', quantizer=rlfq)
+    marvel.pretrained = dict(checkpoint=str(path))
+    with pytest.raises(PartialLoadError, match='quantizer'):
+        marvel.init_weights()
+    marvel.pretrained['allow_unexpected'] = [r'quantizer\..*']
+    marvel.init_weights()
+    marvel_state = marvel.state_dict()
+    for key, value in titok.state_dict().items():
+        if not key.startswith('quantizer.'):
+            assert torch.equal(marvel_state[key], value), key

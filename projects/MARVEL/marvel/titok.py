@@ -41,6 +41,7 @@ from vistok.models.tokenizers.autoencoder import (DEFAULT_DATA_PREPROCESSOR,
                                                   build_losses, build_part)
 from vistok.registry import BACKBONES, HEADS, MODELS, QUANTIZERS
 from vistok.structures import DataSample
+from vistok.utils.partial_load import load_pretrained
 from vistok.utils.weights import load_state_dict_file
 
 __all__ = ['TiTokTokenizer', 'legacy_token_layout']
@@ -103,6 +104,11 @@ class TiTokTokenizer(BaseModel):
         reconstruction_loss: LOSSES config(s) for ``'pixel'`` heads
             (default ``MSELoss``, TiTok's L2).
         proxy_loss_weight: weight of the proxy cross-entropy.
+        pretrained: keyword arguments of
+            :func:`vistok.utils.partial_load.load_pretrained`, applied in
+            :meth:`init_weights` (e.g. MARVEL stage 1 from a TiTok
+            checkpoint: encoder, decoder and head kept, the VQ codebook
+            named as unexpected since the residual LFQ has none).
         data_preprocessor: defaults to mapping uint8 RGB to [-1, 1].
         init_cfg: mmengine weight-initialisation config.
     """
@@ -121,6 +127,7 @@ class TiTokTokenizer(BaseModel):
                  pixel_range: Optional[Tuple[float, float]] = None,
                  reconstruction_loss=None,
                  proxy_loss_weight: float = 1.0,
+                 pretrained: Optional[dict] = None,
                  data_preprocessor: Optional[PartCfg] = None,
                  init_cfg=None):
         if data_preprocessor is None:
@@ -153,21 +160,26 @@ class TiTokTokenizer(BaseModel):
         if teacher is not None:
             self.teacher = freeze_as_buffers(build_part(MODELS, teacher))
         self.teacher_path = teacher_path
+        self.pretrained = copy.deepcopy(pretrained)
         self.reconstruction_losses, _ = build_losses(
             reconstruction_loss or dict(type='MSELoss'),
             'model.reconstruction_loss')
         self.proxy_loss_weight = proxy_loss_weight
 
     def init_weights(self) -> None:
-        """Initialise the trained parts, then fill the frozen teacher from
+        """Initialise the trained parts, fill the frozen teacher from
         ``teacher_path`` (``MissingWeightsError`` naming
-        ``model.teacher_path`` when it is missing)."""
+        ``model.teacher_path`` when it is missing), then load ``pretrained``
+        weights."""
         super().init_weights()
         if self.teacher is not None:
             state = load_state_dict_file(self.teacher_path,
                                          'model.teacher_path',
                                          TEACHER_HOW_TO_GET)
             load_frozen_weights(self.teacher, state, self.teacher_path)
+        if self.pretrained:
+            load_pretrained(self, key='model.pretrained.checkpoint',
+                            **self.pretrained)
 
     @property
     def codebook_size(self) -> int:
