@@ -48,7 +48,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
 
 from vistok.engine.optimizers.update import NonFiniteGuard, update_params
-from vistok.models.data_preprocessors.volume import VolumeDataPreprocessor
+from vistok.models.data_preprocessors import build_data_preprocessor
 from vistok.registry import BACKBONES, METRICS, MODELS
 from vistok.structures import DataSample
 from .tokens import (FILL_MODES, check_ratio_range, draw_prefix_lengths,
@@ -249,12 +249,10 @@ class TokenUnifyPretrainer(BaseModel):
                  max_nonfinite_skips: int = 10,
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
-        if data_preprocessor is None:
-            data_preprocessor = VolumeDataPreprocessor()
-        elif isinstance(data_preprocessor, dict):
-            data_preprocessor = MODELS.build(data_preprocessor)
         super().__init__(
-            data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+            data_preprocessor=build_data_preprocessor(
+                data_preprocessor, 'VolumeDataPreprocessor'),
+            init_cfg=init_cfg)
         self.backbone = (backbone if isinstance(backbone, nn.Module) else
                          BACKBONES.build(backbone))
         unknown = set(tasks) - set(TASKS)

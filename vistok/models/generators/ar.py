@@ -121,17 +121,6 @@ class ARGenerator(BaseGenerator):
         nn.init.zeros_(self.head.weight)
 
     # --- network --------------------------------------------------------
-    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, *token_shape)`` → ``(B, N)`` raster order."""
-        if not torch.is_tensor(tokens) or \
-                tuple(tokens.shape[1:]) != self.token_shape:
-            shape = tuple(tokens.shape) if torch.is_tensor(tokens) else \
-                type(tokens).__name__
-            raise ValueError(f'tokens must be (B, *token_shape) = (B, '
-                             f'{", ".join(map(str, self.token_shape))}), '
-                             f'got {shape}')
-        return tokens.flatten(1)
-
     def _transformer(self, h: torch.Tensor, start: int,
                      caches: Optional[List[KVCache]] = None) -> torch.Tensor:
         """Causal blocks over ``h (B, T, D)`` at sequence positions

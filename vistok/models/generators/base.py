@@ -182,6 +182,18 @@ class BaseGenerator(BaseModel):
             raise ValueError(f'arch dict misses {sorted(missing)}')
         return arch
 
+    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, *token_shape)`` → ``(B, N)`` raster order; anything else
+        is a ``ValueError`` naming the shape."""
+        if not torch.is_tensor(tokens) or \
+                tuple(tokens.shape[1:]) != self.token_shape:
+            shape = tuple(tokens.shape) if torch.is_tensor(tokens) else \
+                type(tokens).__name__
+            raise ValueError(f'tokens must be (B, *token_shape) = (B, '
+                             f'{", ".join(map(str, self.token_shape))}), '
+                             f'got {shape}')
+        return tokens.flatten(1)
+
     @staticmethod
     def build_sampler(sampler: SamplerCfg) -> TokenSampler:
         """A :class:`TokenSampler` from a SAMPLERS config or itself."""

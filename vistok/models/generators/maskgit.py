@@ -196,17 +196,6 @@ class MaskGITGenerator(BaseGenerator):
         nn.init.trunc_normal_(self.pos_embed, std=self.init_std)
 
     # --- network --------------------------------------------------------
-    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, *token_shape)`` → ``(B, N)`` raster order."""
-        if not torch.is_tensor(tokens) or \
-                tuple(tokens.shape[1:]) != self.token_shape:
-            shape = tuple(tokens.shape) if torch.is_tensor(tokens) else \
-                type(tokens).__name__
-            raise ValueError(f'tokens must be (B, *token_shape) = (B, '
-                             f'{", ".join(map(str, self.token_shape))}), '
-                             f'got {shape}')
-        return tokens.flatten(1)
-
     def _network(self, ids: torch.Tensor,
                  labels: torch.Tensor) -> torch.Tensor:
         """``ids (B, N)`` (mask id allowed), ``labels (B,)`` → logits

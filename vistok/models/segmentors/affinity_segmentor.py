@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
 
-from vistok.models.data_preprocessors.volume import VolumeDataPreprocessor
+from vistok.models.data_preprocessors import build_data_preprocessor
 from vistok.models.losses.weighted_mse import ClassBalancedMSELoss
 from vistok.registry import BACKBONES, LOSSES, MODELS, POSTPROCESSORS
 from vistok.structures import DataSample
@@ -87,12 +87,10 @@ class AffinitySegmentor(BaseModel):
                  pretrained: Optional[dict] = None,
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
-        if data_preprocessor is None:
-            data_preprocessor = VolumeDataPreprocessor()
-        elif isinstance(data_preprocessor, dict):
-            data_preprocessor = MODELS.build(data_preprocessor)
         super().__init__(
-            data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+            data_preprocessor=build_data_preprocessor(
+                data_preprocessor, 'VolumeDataPreprocessor'),
+            init_cfg=init_cfg)
         self.backbone = (backbone if isinstance(backbone, nn.Module) else
                          BACKBONES.build(backbone))
         out_channels = getattr(self.backbone, 'out_channels', NUM_AFFINITIES)
