@@ -41,8 +41,9 @@ def trained_parameters(model):
 def test_config_builds_its_model(path):
     """Every config loads, follows the naming rule and builds its model (on
     the meta device: cheap for any size); tokenizers below 100M parameters
-    are also built for real and reconstruct a 64 px image (the generators'
-    own tests run their forward passes on small instances)."""
+    are also built for real and reconstruct a 64 px image, or one of the
+    fixed size of an encoder with position embeddings (the generators' own
+    tests run their forward passes on small instances)."""
     cfg = Config.fromfile(path)
     assert cfg.default_scope == 'vistok'
     name = osp.splitext(osp.basename(path))[0]
@@ -56,8 +57,10 @@ def test_config_builds_its_model(path):
     if hasattr(model, 'reconstruct'):
         if trained_parameters(model) < 100e6:
             model = build_model(cfg)
+            grid = getattr(model.encoder, 'grid_size', (4, 4))
+            size = [g * getattr(model.encoder, 'patch_size', 16) for g in grid]
             with torch.no_grad():
-                images = torch.rand(1, 3, 64, 64) * 2 - 1
+                images = torch.rand(1, 3, *size) * 2 - 1
                 out = model(images, mode='tensor')
             assert out.reconstruction.shape == images.shape
 

@@ -41,12 +41,24 @@ def num_params(module):
     return sum(p.numel() for p in module.parameters())
 
 
+def tokenizer_params(model):
+    """Parameters of the tokenizer itself: not its EMA copy, not the
+    discriminator."""
+    return sum(p.numel() for name, p in model.named_parameters()
+               if not name.startswith(('ema.', 'discriminator.')))
+
+
 @pytest.mark.parametrize('name', sorted(COUNTS))
 def test_official_parameter_counts(name):
     path = osp.join(CONFIGS, f'titok_vq-4k_{name}_8xb32-1m_in1k-256.py')
     model = build(Config.fromfile(path).model, 'meta')
-    assert num_params(model) == COUNTS[name]
+    assert tokenizer_params(model) == COUNTS[name]
     assert num_params(model.teacher) == 0  # frozen: buffers only
+    # stage 2: + the MaskGIT-VQGAN decoder and codebook as pixel parts
+    stage2 = build(Config.fromfile(path.replace(
+        f'_{name}_8xb32-1m', f'_{name}-stage2_8xb32-500k')).model, 'meta')
+    assert tokenizer_params(stage2) == WITH_PIXEL_PARTS[name]
+    assert stage2.teacher is None
     teacher = build(Config.fromfile(MASKGIT_BASE).model, 'meta')
     pixel_parts = (num_params(teacher.decoder) + num_params(teacher.quantizer))
     assert pixel_parts == 30_478_339 + 262_144
@@ -93,19 +105,26 @@ def tiny_titok(head='proxy',
                           pixel_range=pixel_range)
 
 
-@pytest.mark.parametrize('head,channels', [('proxy', 16), ('pixel', 3)])
-def test_decode_of_encode_equals_forward(head, channels):
-    model = tiny_titok(head).eval()
+@pytest.mark.parametrize('head', ['proxy', 'pixel'])
+def test_decode_of_encode_equals_forward(head):
+    teacher = tiny_teacher_cfg() if head == 'proxy' else None
+    model = tiny_titok(head, teacher=teacher).eval()
     images = torch.rand(2, 3, IMAGE, IMAGE) * 2 - 1
     with torch.no_grad():
         out = model(images, mode='tensor')
         tokens = model.encode(images)
         decoded = model.decode(tokens)
+        head_output = model.head_output(tokens)
     assert tokens.shape == (2, 8)
-    assert out['output'].shape == (2, channels) + (
-        (4, 4) if head == 'proxy' else (IMAGE, IMAGE))
-    assert torch.equal(decoded, out['output'])
-    assert torch.equal(tokens, out['quantizer'].indices)
+    assert out.reconstruction.shape == (2, 3, IMAGE, IMAGE)
+    assert torch.equal(decoded, out.reconstruction)
+    assert torch.equal(tokens, out.quantizer.indices)
+    if head == 'proxy':  # proxy logits over the teacher's 16 codes
+        assert head_output.shape == (2, 16, 4, 4)
+        assert torch.equal(decoded,
+                           model.teacher.decode(head_output.argmax(1)))
+    else:
+        assert torch.equal(head_output, decoded)
 
 
 def test_pixel_range_maps_inputs_and_pixel_outputs():
@@ -118,7 +137,7 @@ def test_pixel_range_maps_inputs_and_pixel_outputs():
             tokens, model.quantizer.encode(model.encoder((images + 1) * 0.5)))
         torch.testing.assert_close(model.decode(tokens), raw * 2 - 1)
         assert torch.equal(model.decode(tokens),
-                           model(images, mode='tensor')['output'])
+                           model(images, mode='tensor').reconstruction)
 
 
 def test_legacy_layout_reshapes_without_permute():
@@ -194,7 +213,7 @@ def test_marvel_residual_lfq_token_budget(depth):
         assert ids.shape == (2, 8, depth) and ids[0].numel() == 8 * depth
         assert int(ids.max()) < 4096
         out = model(images, mode='tensor')
-        assert torch.equal(model.decode(ids), out['output'])
+        assert torch.equal(model.decode(ids), out.reconstruction)
 
 
 def test_marvel_stage1_starts_from_titok_weights(tmp_path):
@@ -208,12 +227,50 @@ def test_marvel_stage1_starts_from_titok_weights(tmp_path):
     rlfq = dict(type='ResidualQuantizer', depth=2, depth_scales='pow2',
                 quantizer=dict(type='LookupFreeQuantizer', codebook_bits=12))
     marvel = tiny_titok('proxy', quantizer=rlfq)
-    marvel.pretrained = dict(checkpoint=str(path))
+    marvel.pretrained = {'titok': dict(checkpoint=str(path))}
     with pytest.raises(PartialLoadError, match='quantizer'):
         marvel.init_weights()
-    marvel.pretrained['allow_unexpected'] = [r'quantizer\..*']
+    marvel.pretrained['titok']['allow_unexpected'] = [r'quantizer\..*']
     marvel.init_weights()
     marvel_state = marvel.state_dict()
     for key, value in titok.state_dict().items():
         if not key.startswith('quantizer.'):
             assert torch.equal(marvel_state[key], value), key
+
+
+def test_maskgit_samples_on_marvel_tokens_decode_to_images():
+    """A MaskGIT over MARVEL ids (B, K, D): position-major sequence with a
+    per-depth vocabulary; samples decode with the tokenizer and a seed
+    reproduces them."""
+    from vistok.models.generators.maskgit import MaskGITGenerator
+    depth = 2
+    quantizer = dict(type='ResidualQuantizer', depth=depth,
+                     depth_scales='pow2',
+                     quantizer=dict(type='LookupFreeQuantizer',
+                                    codebook_bits=12))
+    tokenizer = tiny_titok('pixel', quantizer=quantizer).eval()
+    torch.manual_seed(0)
+    generator = MaskGITGenerator(
+        arch=dict(dim=32, depth=2, num_heads=2, ffn_dim=64),
+        num_classes=10, vocab_size=4096 * depth, depth_vocab_size=4096,
+        token_shape=(8, depth), steps=4, choice_temperature=4.5,
+        sampler=dict(type='TokenSampler', guidance_scale=2.0)).eval()
+    images = torch.rand(2, 3, IMAGE, IMAGE) * 2 - 1
+    with torch.no_grad():
+        # teacher-forced loss on real tokens is finite
+        tokens = tokenizer.encode(images)
+        assert torch.isfinite(
+            generator.loss(tokens, torch.tensor([1, 2]))['loss_ce'])
+        labels = torch.tensor([3, 7, 3])
+        samples = generator.generate(
+            labels, generator=torch.Generator().manual_seed(5))
+        again = generator.generate(
+            labels, generator=torch.Generator().manual_seed(5))
+        other = generator.generate(
+            labels, generator=torch.Generator().manual_seed(6))
+        pixels = tokenizer.decode(samples)
+    assert samples.shape == (3, 8, depth)
+    assert int(samples.min()) >= 0 and int(samples.max()) < 4096
+    assert torch.equal(samples, again) and not torch.equal(samples, other)
+    assert pixels.shape == (3, 3, IMAGE, IMAGE)
+    assert torch.isfinite(pixels).all()

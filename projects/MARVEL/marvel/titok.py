@@ -1,18 +1,27 @@
 """TiTok 1-D image tokenizer (Yu et al. 2024, "An Image is Worth 32 Tokens
-for Reconstruction and Generation").
+for Reconstruction and Generation"), the base of MARVEL.
 
 ``images (B, 3, H, W)`` in [-1, 1] → :class:`LatentTokenEncoder` → latent
-tokens ``(B, C_q, K)`` → quantizer (TiTok: l2-normalised VQ, 4096 × 12) →
-:class:`LatentTokenDecoder` → features ``(B, width, h, w)`` → head:
+tokens ``(B, C_q, K)`` → quantizer (TiTok: l2-normalised VQ, 4096 × 12;
+MARVEL: residual LFQ) → :class:`LatentTokenDecoder` → features
+``(B, width, h, w)`` → head → images. Three ways to get pixels (§3.3):
 
-* ``head='proxy'`` (two-stage recipe, stage 1, §3.3): a
-  :class:`TokenLogitHead` (1×1 conv → tanh → 1×1 conv, hidden ``2·width``)
-  to logits ``(B, V, h, w)`` over a frozen teacher tokenizer's ``V`` codes
-  (MaskGIT-VQGAN, 1024); loss = cross-entropy to ``teacher.encode(images)``
-  plus the quantizer's (already weighted) terms.
-* ``head='pixel'`` (single stage): a :class:`PixelHead` (1×1 conv to
-  ``p·p·3`` values, unpatchify, 3×3 conv) to images; loss = the
-  reconstruction losses plus the quantizer's terms.
+* stage 1 of the two-stage recipe, ``head='proxy'``: a
+  :class:`TokenLogitHead` (1×1 conv → tanh → 1×1 conv, hidden
+  ``2·width``) gives logits ``(B, V, h, w)`` over a frozen teacher
+  tokenizer's ``V`` codes (MaskGIT-VQGAN, 1024); the loss is the
+  cross-entropy to ``teacher.encode(images)`` plus the quantizer's terms,
+  and images are the teacher's decoding of the argmax codes;
+* stage 2, ``head='proxy'`` with a ``pixel_decoder``: the logits'
+  softmax weights a trainable copy of the teacher's codebook
+  (``pixel_codebook`` ``(V, C)``) and the teacher's decoder architecture
+  (``pixel_decoder``) renders images, trained on pixels (L2, perceptual,
+  GAN) with the encoder and quantizer frozen (``frozen_parts``);
+* single stage, ``head='pixel'``: a :class:`PixelHead` (1×1 conv to
+  ``p·p·3`` values, unpatchify, 3×3 conv) trained on pixels directly.
+
+Training, EMA, the discriminator step and evaluation are those of
+:class:`AutoencoderTokenizer`.
 
 Legacy latent layout (TiTok issue #17): the released two-stage checkpoints
 (TiTok-L-32 / B-64 / S-128) were trained with an encoder that reshapes its
@@ -26,7 +35,7 @@ is what released weights need to reconstruct anything. The decoder's
 modes, so only the encoder is affected.
 """
 import copy
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -38,9 +47,9 @@ from vistok.models.heads.pixel import PixelHead
 from vistok.models.heads.token_logit import TokenLogitHead
 from vistok.models.tokenizers.autoencoder import (DEFAULT_DATA_PREPROCESSOR,
                                                   AutoencoderTokenizer,
-                                                  build_losses, build_part)
+                                                  build_part)
 from vistok.registry import BACKBONES, HEADS, MODELS, QUANTIZERS
-from vistok.structures import DataSample
+from vistok.structures import TokenizerOutput
 from vistok.utils.partial_load import load_pretrained
 from vistok.utils.weights import load_state_dict_file
 
@@ -65,29 +74,36 @@ def legacy_token_layout(module: nn.Module, args: tuple) -> tuple:
     return (x.reshape(batch, width, tokens).transpose(1, 2), ) + args[1:]
 
 
-@MODELS.register_module()
-class TiTokTokenizer(BaseModel):
-    """TiTok: images → ``K`` 1-D tokens → decoder features → proxy-code
-    logits or pixels (see the module docstring for the layouts and the
-    legacy mode).
 
-    ``encode(images) -> (B, K)`` ids, ``decode(ids) -> head output``
-    (logits ``(B, V, h, w)`` for ``'proxy'``, images ``(B, 3, H, W)`` for
-    ``'pixel'``); ``decode(encode(x))`` equals ``forward(x, mode='tensor')``
-    exactly. With a proxy head, :meth:`decode_images` renders ids to pixels
-    through the teacher (argmax codes → teacher decoder, TiTok's stage-1
-    evaluation).
+@MODELS.register_module()
+class TiTokTokenizer(AutoencoderTokenizer):
+    """TiTok: images → ``K`` 1-D tokens → decoder features → proxy-code
+    logits or pixels (see the module docstring for the three modes and the
+    legacy layout).
+
+    ``encode(images) -> (B, K)`` ids (``(B, K, D)`` for a residual
+    quantizer of depth ``D``), ``decode(ids) -> images (B, 3, H, W)``,
+    :meth:`head_output` gives the head's raw output (proxy logits);
+    ``decode(encode(x))`` equals ``reconstruct(x).reconstruction``
+    exactly.
 
     Args:
         encoder: BACKBONES config / module (:class:`LatentTokenEncoder`).
         quantizer: QUANTIZERS config / module taking ``(B, C_q, K)``.
         decoder: BACKBONES config / module (:class:`LatentTokenDecoder`).
         head: ``'proxy'``, ``'pixel'`` or a HEADS config / module mapping
-            the decoder's ``(B, width, h, w)`` features to the output.
+            the decoder's ``(B, width, h, w)`` features to images.
+        pixel_decoder: MODELS config / module of a tokenizer (the
+            teacher's, MaskGIT-VQGAN) whose ``quantizer.codebook`` ``(V,
+            C)``, ``post_quant_conv`` (if any) and ``decoder`` become the
+            trainable ``pixel_codebook`` (an embedding,
+            ``pixel_codebook.weight``), ``pixel_post_quant_conv`` and
+            ``pixel_decoder`` of stage 2 (``head='proxy'`` only); fill them
+            with ``pretrained``.
         teacher: MODELS config / module of a tokenizer whose
-            ``encode(images)`` gives ``(B, h, w)`` code ids (required for
-            ``'proxy'`` training). It is frozen (buffers, not in the state
-            dict) and filled from ``teacher_path`` in :meth:`init_weights`.
+            ``encode(images)`` gives ``(B, h, w)`` code ids (stage 1). It is
+            frozen (buffers, not in the state dict) and filled from
+            ``teacher_path`` in :meth:`init_weights`.
         teacher_path: checkpoint of the teacher (config key
             ``model.teacher_path``).
         num_proxy_codes: ``V`` of the ``'proxy'`` head (teacher codebook).
@@ -97,27 +113,37 @@ class TiTokTokenizer(BaseModel):
             3).
         is_legacy: reproduce the released checkpoints' latent reshape
             (TiTok issue #17).
-        pixel_range: ``(lo, hi)`` value range the encoder sees and a pixel
-            head produces (TiTok's released weights: ``(0, 1)``); vistok's
-            [-1, 1] images are mapped onto it on the way in and back on the
-            way out. ``None`` keeps [-1, 1].
-        reconstruction_loss: LOSSES config(s) for ``'pixel'`` heads
-            (default ``MSELoss``, TiTok's L2).
-        proxy_loss_weight: weight of the proxy cross-entropy.
+        pixel_range: ``(lo, hi)`` value range the encoder sees and a
+            ``'pixel'`` head produces (TiTok's released weights: ``(0,
+            1)``); vistok's [-1, 1] images are mapped onto it on the way in
+            and back on the way out. ``None`` keeps [-1, 1]. (A
+            ``pixel_decoder`` maps its own range, as the teacher does.)
+        proxy_loss_weight: weight of the stage-1 proxy cross-entropy.
+        reconstruction_loss: pixel losses (default ``MSELoss``, TiTok's L2).
+        perceptual_loss, discriminator, adversarial_loss, ema,
+            max_nonfinite_skips, frozen_parts, data_preprocessor, init_cfg:
+            see :class:`AutoencoderTokenizer` (pixel modes only for the
+            discriminator).
+        last_layer: parameter of the adaptive GAN weight; default the last
+            weight of the module producing pixels.
         pretrained: keyword arguments of
-            :func:`vistok.utils.partial_load.load_pretrained`, applied in
-            :meth:`init_weights` (e.g. MARVEL stage 1 from a TiTok
-            checkpoint: encoder, decoder and head kept, the VQ codebook
-            named as unexpected since the residual LFQ has none).
-        data_preprocessor: defaults to mapping uint8 RGB to [-1, 1].
-        init_cfg: mmengine weight-initialisation config.
+            :func:`vistok.utils.partial_load.load_pretrained` (a dict with
+            ``checkpoint``), or a dict of such loads by name, applied in
+            order in :meth:`init_weights` (e.g. MARVEL stage 1 from a TiTok
+            checkpoint with the VQ codebook named as unexpected; stage 2
+            ``dict(stage1=..., pixel_parts=...)``, so a config overrides one
+            by name). The EMA copy restarts from the loaded weights.
     """
+
+    NON_GENERATOR_PARTS = AutoencoderTokenizer.NON_GENERATOR_PARTS + (
+        'teacher', )
 
     def __init__(self,
                  encoder: PartCfg,
                  quantizer: PartCfg,
                  decoder: PartCfg,
                  head: Union[str, PartCfg] = 'proxy',
+                 pixel_decoder: Optional[PartCfg] = None,
                  teacher: Optional[PartCfg] = None,
                  teacher_path: Optional[str] = None,
                  num_proxy_codes: int = 1024,
@@ -125,15 +151,24 @@ class TiTokTokenizer(BaseModel):
                  pixel_refine_kernel_size: Optional[int] = 3,
                  is_legacy: bool = False,
                  pixel_range: Optional[Tuple[float, float]] = None,
-                 reconstruction_loss=None,
                  proxy_loss_weight: float = 1.0,
+                 reconstruction_loss=None,
+                 perceptual_loss=None,
+                 discriminator: Optional[PartCfg] = None,
+                 adversarial_loss: Optional[PartCfg] = None,
+                 last_layer: Optional[str] = None,
+                 ema: Optional[dict] = None,
+                 max_nonfinite_skips: int = 10,
+                 frozen_parts: Sequence[str] = (),
                  pretrained: Optional[dict] = None,
                  data_preprocessor: Optional[PartCfg] = None,
                  init_cfg=None):
         if data_preprocessor is None:
             data_preprocessor = copy.deepcopy(DEFAULT_DATA_PREPROCESSOR)
-        super().__init__(data_preprocessor=data_preprocessor,
-                         init_cfg=init_cfg)
+        # the network differs from AutoencoderTokenizer's (no 1x1 convs
+        # around the quantizer), the training parts are the same
+        BaseModel.__init__(self, data_preprocessor=data_preprocessor,
+                           init_cfg=init_cfg)
         self.encoder = build_part(BACKBONES, encoder)
         self.quantizer = build_part(QUANTIZERS, quantizer)
         self.decoder = build_part(BACKBONES, decoder)
@@ -151,6 +186,9 @@ class TiTokTokenizer(BaseModel):
             raise ValueError(f"model.head must be 'proxy', 'pixel' or a "
                              f'HEADS config, got {head!r}')
         self.head_type = head if isinstance(head, str) else 'custom'
+        self.pixel_codebook = self.pixel_decoder = None
+        if pixel_decoder is not None:
+            self._build_pixel_decoder(pixel_decoder, num_proxy_codes)
         self.is_legacy = is_legacy
         if is_legacy:
             self.encoder.proj_out.register_forward_pre_hook(
@@ -160,31 +198,79 @@ class TiTokTokenizer(BaseModel):
         if teacher is not None:
             self.teacher = freeze_as_buffers(build_part(MODELS, teacher))
         self.teacher_path = teacher_path
+        if self.proxy_training and discriminator is not None:
+            raise ValueError('model.discriminator needs pixels: give '
+                             "model.pixel_decoder or head='pixel'")
+        pretrained = dict(pretrained or {})
+        if 'checkpoint' in pretrained:
+            pretrained = {'': pretrained}
         self.pretrained = copy.deepcopy(pretrained)
-        self.reconstruction_losses, _ = build_losses(
-            reconstruction_loss or dict(type='MSELoss'),
-            'model.reconstruction_loss')
         self.proxy_loss_weight = proxy_loss_weight
+        self.build_training_parts(
+            reconstruction_loss or dict(type='MSELoss'), perceptual_loss,
+            discriminator, adversarial_loss, last_layer
+            or self._default_last_layer(), ema, max_nonfinite_skips,
+            frozen_parts)
+
+    def _build_pixel_decoder(self, tokenizer: PartCfg,
+                             num_proxy_codes: int) -> None:
+        if self.head_type != 'proxy':
+            raise ValueError("model.pixel_decoder needs head='proxy'")
+        tokenizer = build_part(MODELS, tokenizer)
+        codebook = getattr(tokenizer.quantizer, 'codebook', None)
+        if (not torch.is_tensor(codebook) or codebook.dim() != 2
+                or codebook.shape[0] != num_proxy_codes):
+            raise ValueError(
+                f'model.pixel_decoder: its quantizer must have a codebook '
+                f'(V={num_proxy_codes}, C), got '
+                f'{None if codebook is None else tuple(codebook.shape)}')
+        if not isinstance(getattr(tokenizer.quantizer, 'project_out', None),
+                          (nn.Identity, type(None))):
+            raise ValueError('model.pixel_decoder: a quantizer with code '
+                             'space projections is not supported')
+        # the codes as the teacher looks them up (unit norm for an l2 VQ)
+        self.pixel_codebook_l2 = bool(
+            getattr(tokenizer.quantizer, 'use_l2_norm', False))
+        self.pixel_post_quant_conv = getattr(tokenizer, 'post_quant_conv',
+                                             nn.Identity())
+        self.pixel_codebook = nn.Embedding(*codebook.shape)
+        self.pixel_codebook.weight.data.copy_(codebook.detach())
+        self.pixel_decoder = tokenizer.decoder
+
+    def _default_last_layer(self) -> str:
+        """The last weight of the module producing pixels."""
+        name = 'pixel_decoder' if self.pixel_decoder is not None else 'head'
+        weights = [
+            f'{name}.{key}'
+            for key, _ in getattr(self, name).named_parameters()
+            if key.endswith('weight')
+        ]
+        return weights[-1] if weights else ''
+
+    @property
+    def proxy_training(self) -> bool:
+        """Stage 1: proxy logits, trained against the teacher's codes."""
+        return self.head_type == 'proxy' and self.pixel_decoder is None
 
     def init_weights(self) -> None:
         """Initialise the trained parts, fill the frozen teacher from
         ``teacher_path`` (``MissingWeightsError`` naming
-        ``model.teacher_path`` when it is missing), then load ``pretrained``
-        weights."""
+        ``model.teacher_path`` when it is missing), then apply
+        ``pretrained`` in order."""
         super().init_weights()
         if self.teacher is not None:
             state = load_state_dict_file(self.teacher_path,
                                          'model.teacher_path',
                                          TEACHER_HOW_TO_GET)
             load_frozen_weights(self.teacher, state, self.teacher_path)
-        if self.pretrained:
-            load_pretrained(self, key='model.pretrained.checkpoint',
-                            **self.pretrained)
+        for name, kwargs in self.pretrained.items():
+            key = '.'.join(filter(None, ('model.pretrained', name,
+                                         'checkpoint')))
+            load_pretrained(self, key=key, **kwargs)
+        if self.pretrained and self.ema is not None:
+            self.ema.num_updates.zero_()  # the next update copies
 
-    @property
-    def codebook_size(self) -> int:
-        return self.quantizer.codebook_size
-
+    # --- tokenizer API ---------------------------------------------------
     def _to_range(self, images: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images → :attr:`pixel_range`."""
         if self.pixel_range is None:
@@ -192,116 +278,84 @@ class TiTokTokenizer(BaseModel):
         low, high = self.pixel_range
         return (images + 1) * (0.5 * (high - low)) + low
 
-    def _head(self, features: torch.Tensor) -> torch.Tensor:
-        """The head; a pixel head's output mapped from
-        :attr:`pixel_range` back to [-1, 1]."""
-        out = self.head(features)
+    def _head(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Decoder and head on the quantized latent ``(B, C_q, K)``; a
+        pixel head's output is mapped from :attr:`pixel_range` to [-1,
+        1]."""
+        out = self.head(self.decoder(quantized))
         if self.pixel_range is None or self.head_type == 'proxy':
             return out
         low, high = self.pixel_range
         return (out - low) * (2.0 / (high - low)) - 1
 
-    # --- tokenizer API ---------------------------------------------------
+    def _render(self, head_output: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` of a head output: itself (pixel heads),
+        the pixel decoder of the softmax-weighted codebook (stage 2), or
+        the teacher's decoding of the argmax codes (stage 1)."""
+        if self.head_type != 'proxy':
+            return head_output
+        if self.pixel_decoder is not None:
+            weights = head_output.softmax(dim=1)
+            codes = self.pixel_codebook.weight
+            if self.pixel_codebook_l2:
+                codes = F.normalize(codes, dim=-1)
+            latent = torch.einsum('bvhw,vc->bchw', weights,
+                                  codes.to(weights.dtype))
+            return self.pixel_decoder(self.pixel_post_quant_conv(latent))
+        if self.teacher is None:
+            raise ValueError('rendering proxy codes to images needs '
+                             'model.teacher or model.pixel_decoder')
+        return self.teacher.decode(head_output.argmax(dim=1))
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Token ids ``(B, K)`` of ``images`` ``(B, 3, H, W)`` in
+        """Token ids ``(B, K[, D])`` of ``images`` ``(B, 3, H, W)`` in
         [-1, 1]."""
         return self.quantizer.encode(self.encoder(self._to_range(images)))
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Head output of token ids ``(B, K)``: proxy logits
+    def head_output(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The head's output for ids ``(B, K[, D])``: proxy logits
         ``(B, V, h, w)`` or images ``(B, 3, H, W)``."""
-        return self._head(self.decoder(self.quantizer.decode(tokens)))
+        return self._head(self.quantizer.decode(tokens))
 
-    @torch.no_grad()
-    def decode_images(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, 3, H, W)`` in about [-1, 1] of ids ``(B, K)``: the
-        pixel head's output, or the teacher's decoding of the argmax proxy
-        codes."""
-        out = self.decode(tokens)
-        if self.head_type != 'proxy':
-            return out
-        if self.teacher is None:
-            raise ValueError('decode_images with a proxy head needs '
-                             'model.teacher')
-        return self.teacher.decode(out.argmax(dim=1))
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` in about [-1, 1] of ids ``(B, K[,
+        D])``."""
+        return self._render(self.head_output(tokens))
 
-    def forward(self,
-                inputs: torch.Tensor,
-                data_samples: Optional[List[DataSample]] = None,
-                mode: str = 'tensor'):
-        """``'tensor'``: dict(output=head output ``(B, V | 3, h | H, w |
-        W)``, quantizer=QuantizerOutput, latent=``(B, C_q, K)``);
-        ``'loss'``: named losses; ``'predict'``: DataSamples."""
-        if mode == 'tensor':
-            return self._full_pass(inputs)
-        if mode == 'loss':
-            return self.loss(inputs)
-        if mode == 'predict':
-            return self.predict(inputs, data_samples)
-        raise ValueError(f'mode must be "tensor", "loss" or "predict", '
-                         f'got {mode!r}')
-
-    def _full_pass(self, images: torch.Tensor) -> dict:
+    def _quantize(self, images: torch.Tensor):
         latent = self.encoder(self._to_range(images))
-        quantized = self.quantizer(latent)
-        output = self._head(self.decoder(quantized.quantized))
-        return dict(output=output, quantizer=quantized, latent=latent)
+        return latent, self.quantizer(latent)
+
+    def reconstruct(self, images: torch.Tensor) -> TokenizerOutput:
+        """Full pass; ``latent`` is the quantizer input ``(B, C_q, K)``."""
+        latent, quantized = self._quantize(images)
+        return TokenizerOutput(
+            reconstruction=self._render(self._head(quantized.quantized)),
+            quantizer=quantized,
+            latent=latent)
 
     # --- losses ----------------------------------------------------------
-    def loss(self, inputs: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Proxy head: ``loss_proxy_ce`` (cross-entropy of the logits to the
-        teacher's codes, TiTok stage 1) and ``proxy_acc``; pixel head: the
-        reconstruction losses. Plus the quantizer's terms and scalar
-        stats."""
-        out = self._full_pass(inputs)
-        if self.head_type == 'proxy':
-            if self.teacher is None:
-                raise ValueError("head='proxy' training needs model.teacher")
-            with torch.no_grad():
-                codes = self.teacher.encode(inputs)
-            logits = out['output']
-            if codes.shape[-2:] != logits.shape[-2:]:
-                raise ValueError(
-                    f'teacher codes of shape {tuple(codes.shape)} do not '
-                    f'match the proxy logits {tuple(logits.shape)}')
-            with torch.autocast(device_type=logits.device.type, enabled=False):
-                ce = F.cross_entropy(logits.float(), codes)
-            losses = dict(
-                loss_proxy_ce=self.proxy_loss_weight * ce,
-                proxy_acc=(logits.argmax(1) == codes).float().mean().detach())
-        else:
-            losses = {
-                loss.loss_name: loss(out['output'], inputs)
-                for loss in self.reconstruction_losses
-            }
-        losses.update(out['quantizer'].loss)
-        losses.update({
-            name: value.detach()
-            for name, value in out['quantizer'].stats.items()
-            if value.ndim == 0
-        })
-        return losses
-
-    # --- inference -------------------------------------------------------
-    @torch.no_grad()
-    def predict(
-            self,
-            inputs: torch.Tensor,
-            data_samples: Optional[List[DataSample]] = None
-    ) -> List[DataSample]:
-        """One :class:`DataSample` per image with ``pred_img`` / ``gt_img``
-        (``(3, H, W)`` in ``[0, 255]``, via :meth:`decode_images`) and
-        ``tokens`` ``(K,)``."""
-        tokens = self.encode(inputs)
-        pred = self._to_pixels(self.decode_images(tokens))
-        gt = self._to_pixels(inputs)
-        if data_samples is None:
-            data_samples = [DataSample() for _ in range(inputs.shape[0])]
-        for i, sample in enumerate(data_samples):
-            sample.set_metainfo(dict(codebook_size=self.codebook_size))
-            sample.pred_img, sample.gt_img = pred[i], gt[i]
-            sample.tokens = tokens[i]
-        return data_samples
-
-    #: undo the data preprocessor's normalisation, clamp to [0, 255]
-    _to_pixels = AutoencoderTokenizer.to_pixels
+    def _generator_losses(self, inputs: torch.Tensor,
+                          iteration: Optional[int] = None):
+        """Pixel modes: :class:`AutoencoderTokenizer`'s. Stage 1:
+        ``loss_proxy_ce`` (cross-entropy of the logits to the teacher's
+        codes) and ``proxy_acc`` plus the quantizer's terms; no images."""
+        if not self.proxy_training:
+            return super()._generator_losses(inputs, iteration)
+        if self.teacher is None:
+            raise ValueError("head='proxy' training needs model.teacher")
+        _, quantized = self._quantize(inputs)
+        logits = self._head(quantized.quantized)
+        with torch.no_grad():
+            codes = self.teacher.encode(inputs)
+        if codes.shape[-2:] != logits.shape[-2:]:
+            raise ValueError(
+                f'teacher codes of shape {tuple(codes.shape)} do not match '
+                f'the proxy logits {tuple(logits.shape)}')
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            ce = F.cross_entropy(logits.float(), codes)
+        losses = dict(
+            loss_proxy_ce=self.proxy_loss_weight * ce,
+            proxy_acc=(logits.argmax(1) == codes).float().mean().detach())
+        self._merge_terms(losses, self._quantizer_terms(quantized))
+        return losses, None

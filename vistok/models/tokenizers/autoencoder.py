@@ -15,7 +15,7 @@ from vistok.models.ema import ModelEMA
 from vistok.models.quantizers.base import flat_tokens, token_levels
 from vistok.registry import (BACKBONES, DISCRIMINATORS, LOSSES, MODELS,
                              QUANTIZERS)
-from vistok.structures import DataSample, TokenizerOutput
+from vistok.structures import DataSample, QuantizerOutput, TokenizerOutput
 from vistok.utils.weights import MissingWeightsError
 
 #: maps CHW uint8 RGB images in [0, 255] to [-1, 1]
@@ -100,6 +100,11 @@ class AutoencoderTokenizer(BaseModel):
             the two must be equal.
         use_post_quant_conv: 1×1 conv from the quantizer's ``in_channels`` to
             the decoder's ``in_channels`` (taming's ``post_quant_conv``).
+        frozen_parts: names of children (e.g. ``('encoder', 'quantizer')``
+            for decoder fine-tuning, TiTok stage 2) that are not trained:
+            no gradients, always in eval mode, outside the optimizer and the
+            EMA copy. Their loss terms (e.g. a frozen quantizer's
+            commitment) still appear in the log as constants.
         data_preprocessor: defaults to :data:`DEFAULT_DATA_PREPROCESSOR`
             (stacks CHW uint8 RGB images and maps them to [-1, 1]).
         init_cfg: mmengine weight-initialisation config.
@@ -126,6 +131,7 @@ class AutoencoderTokenizer(BaseModel):
                  max_nonfinite_skips: int = 10,
                  use_quant_conv: bool = True,
                  use_post_quant_conv: bool = True,
+                 frozen_parts: Sequence[str] = (),
                  data_preprocessor: Optional[PartCfg] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         if data_preprocessor is None:
@@ -144,9 +150,36 @@ class AutoencoderTokenizer(BaseModel):
             self.decoder.in_channels, 'quantizer.in_channels',
             'decoder.in_channels')
 
+        self.build_training_parts(reconstruction_loss or dict(type='L1Loss'),
+                                  perceptual_loss, discriminator,
+                                  adversarial_loss, last_layer, ema,
+                                  max_nonfinite_skips, frozen_parts)
+
+    @staticmethod
+    def _channel_adapter(enabled: bool, in_channels: int, out_channels: int,
+                         in_name: str, out_name: str) -> nn.Module:
+        if enabled:
+            return nn.Conv2d(in_channels, out_channels, 1)
+        if in_channels != out_channels:
+            raise ValueError(
+                f'{in_name}={in_channels} differs from {out_name}='
+                f'{out_channels}: enable the 1x1 conv between them or make '
+                f'them equal')
+        return nn.Identity()
+
+    def build_training_parts(self, reconstruction_loss: LossCfg,
+                             perceptual_loss: Optional[LossCfg],
+                             discriminator: Optional[PartCfg],
+                             adversarial_loss: Optional[PartCfg],
+                             last_layer: str, ema: Optional[dict],
+                             max_nonfinite_skips: int,
+                             frozen_parts: Sequence[str] = ()) -> None:
+        """Losses, discriminator, frozen parts, EMA copy and non-finite
+        guard (the constructor arguments of the same names). Called at the
+        end of ``__init__`` — by subclasses too, once their network exists —
+        since the EMA copies the generator parts."""
         self.reconstruction_losses, recon_keys = build_losses(
-            reconstruction_loss or dict(type='L1Loss'),
-            'model.reconstruction_loss')
+            reconstruction_loss, 'model.reconstruction_loss')
         self.perceptual_losses, perceptual_keys = build_losses(
             perceptual_loss, 'model.perceptual_loss')
         self._loss_keys = recon_keys + perceptual_keys
@@ -170,33 +203,40 @@ class AutoencoderTokenizer(BaseModel):
                 raise ValueError(f'model.last_layer={last_layer!r} is not a '
                                  f'parameter of the model') from err
 
+        trainable = sorted(self.generator_parts())
+        unknown = set(frozen_parts) - set(trainable)
+        if unknown:
+            raise ValueError(
+                f'model.frozen_parts {sorted(unknown)} are not generator '
+                f'parts of the model: {trainable}')
+        self.frozen_parts = tuple(frozen_parts)
+        for name in self.frozen_parts:
+            getattr(self, name).requires_grad_(False)
+
         ema = dict(ema or {})
         self.ema_for_val = ema.pop('use_for_val', True)
         self.ema = ModelEMA(self.generator_parts(), **ema) if ema else None
         self.nonfinite_guard = NonFiniteGuard(max_nonfinite_skips)
         self._code_counts: Dict[str, torch.Tensor] = {}
 
-    @staticmethod
-    def _channel_adapter(enabled: bool, in_channels: int, out_channels: int,
-                         in_name: str, out_name: str) -> nn.Module:
-        if enabled:
-            return nn.Conv2d(in_channels, out_channels, 1)
-        if in_channels != out_channels:
-            raise ValueError(
-                f'{in_name}={in_channels} differs from {out_name}='
-                f'{out_channels}: enable the 1x1 conv between them or make '
-                f'them equal')
-        return nn.Identity()
-
     # --- parts ----------------------------------------------------------
     def generator_parts(self) -> Dict[str, nn.Module]:
         """The children trained by the generator's optimizer and averaged
-        by the EMA: every child not in :attr:`NON_GENERATOR_PARTS`."""
+        by the EMA: every child not in :attr:`NON_GENERATOR_PARTS` nor in
+        ``frozen_parts``."""
+        frozen = getattr(self, 'frozen_parts', ())
         return {
             name: module
             for name, module in self.named_children()
-            if name not in self.NON_GENERATOR_PARTS
+            if name not in self.NON_GENERATOR_PARTS and name not in frozen
         }
+
+    def train(self, mode: bool = True) -> 'AutoencoderTokenizer':
+        """Set the training mode; ``frozen_parts`` stay in eval mode."""
+        super().train(mode)
+        for name in getattr(self, 'frozen_parts', ()):
+            getattr(self, name).eval()
+        return self
 
     def optim_parts(self) -> Dict[str, nn.Module]:
         """Parts with their own optimizer (see
@@ -299,24 +339,38 @@ class AutoencoderTokenizer(BaseModel):
             loss.loss_name: loss(out.reconstruction, inputs)
             for loss in self.nll_losses()
         }
-        if self.training:
-            self._accumulate_code_counts(out.quantizer.stats)
-        terms = [out.quantizer.loss, {
-            name: value.detach()
-            for name, value in out.quantizer.stats.items() if value.ndim == 0
-        }]
+        terms = self._quantizer_terms(out.quantizer)
         if (self.discriminator is not None
                 and self.adversarial_loss.is_active(iteration)):
             nll = sum(losses.values())
             terms.append(self.adversarial_loss.generator_losses(
                 self.discriminator(out.reconstruction), nll,
                 self.get_parameter(self.last_layer)))
+        self._merge_terms(losses, terms)
+        return losses, out.reconstruction
+
+    def _quantizer_terms(self, quantized: QuantizerOutput
+                         ) -> List[Dict[str, torch.Tensor]]:
+        """The quantizer's (already weighted) loss terms and its detached
+        scalar stats; in training its code counts are accumulated for
+        :meth:`pop_code_counts`."""
+        if self.training:
+            self._accumulate_code_counts(quantized.stats)
+        return [quantized.loss, {
+            name: value.detach()
+            for name, value in quantized.stats.items() if value.ndim == 0
+        }]
+
+    @staticmethod
+    def _merge_terms(losses: Dict[str, torch.Tensor],
+                     terms: Sequence[Dict[str, torch.Tensor]]) -> None:
+        """Add ``terms`` to ``losses`` in place; a repeated name is an
+        error."""
         for extra in terms:
             clash = losses.keys() & extra.keys()
             if clash:
                 raise ValueError(f'duplicate log names {sorted(clash)}')
             losses.update(extra)
-        return losses, out.reconstruction
 
     # --- training --------------------------------------------------------
     def train_step(self, data, optim_wrapper) -> Dict[str, torch.Tensor]:

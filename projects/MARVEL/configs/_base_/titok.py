@@ -7,11 +7,12 @@
 # reshape on (the released checkpoints need it, TiTok issue #17); the encoder
 # sees [0, 1] images as in TiTok.
 # AdamW lr 1e-4 (0.9, 0.99) wd 1e-4, 10k warm-up then cosine to 1e-5 over
-# 1M iterations, 8 GPUs x 32 images, grad-clip 1.0.
+# 1M iterations, 8 GPUs x 32 images, fp16, grad-clip 1.0, EMA 0.999.
 _base_ = [
     '../../../../configs/_base_/models/maskgit_vqgan_conv-f16.py',
     '../../../../configs/_base_/datasets/imagenet_256.py',
     '../../../../configs/_base_/default_runtime.py',
+    './marvel_quantizer.py',
 ]
 custom_imports = dict(imports=['projects.MARVEL.marvel.titok'],
                       allow_failed_imports=False)
@@ -47,6 +48,7 @@ model = dict(
     is_legacy=True,
     # TiTok's encoder sees images in [0, 1]
     pixel_range=(0.0, 1.0),
+    ema=dict(decay=0.999, use_for_val=True),
 )
 num_gpus, batch_per_gpu = 8, 32
 max_iters, warmup_iters = 1000000, 10000
