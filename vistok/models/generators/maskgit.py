@@ -86,11 +86,37 @@ class MaskGITGenerator(BaseGenerator):
     ``dim, depth, num_heads, ffn_dim`` and optional ``qkv_bias``,
     ``long_skip``.
 
+    Residual (depth) tokens, ``depth_vocab_size`` set — for tokenizers whose
+    indices carry a last axis of ``D`` residual depths, each id in its
+    depth's own codebook of ``depth_vocab_size`` entries (residual VQ, Lee
+    et al. 2022; MARVEL's residual LFQ with ``(B, 32, D)`` ids in
+    ``[0, 4096)``):
+
+    * ``token_shape = (*grid, D)``; the sequence is the raster flatten,
+      i.e. position-major: position ``k``, depth ``d`` at index
+      ``k·D + d`` (``N = K·D`` tokens), one MaskGIT sequence;
+    * the joint vocabulary is ``vocab_size = D · depth_vocab_size``: the id
+      ``i`` at depth ``d`` is embedded (and predicted) as
+      ``d · depth_vocab_size + i``, so depths never share embeddings; the
+      mask id stays ``vocab_size`` (one mask embedding, the position
+      embedding tells depths apart);
+    * a depth-``d`` position only predicts its depth's ids: its logits are
+      the head's rows ``[d·Vd, (d+1)·Vd)`` (``Vd = depth_vocab_size``),
+      i.e. the joint distribution with ``-inf`` everywhere else, so the
+      cross-entropy (label smoothing included) is a per-depth softmax;
+      :meth:`logits` returns them un-offset, ``(B, N, Vd)``, and
+      :meth:`generate` returns per-depth ids in ``[0, Vd)``, ``(B,
+      *token_shape)``, which the tokenizer decodes directly.
+
     Args:
         arch: preset name or dict (see above).
         num_classes, vocab_size, class_dropout_prob, sampler,
             data_preprocessor, init_cfg: see :class:`BaseGenerator`.
-        token_shape: the token grid (any rank; raster order).
+        token_shape: the token grid (any rank; raster order); with
+            ``depth_vocab_size`` its last axis is the depth axis ``D``.
+        depth_vocab_size: per-depth codebook size ``Vd`` of residual
+            tokens (see above; ``vocab_size`` must be ``D · Vd``);
+            ``None``: one vocabulary shared by all positions.
         mask_schedule: ``γ`` for training and decoding, one of
             :data:`MASK_SCHEDULES`.
         steps: decoding iterations ``T``.
@@ -119,6 +145,7 @@ class MaskGITGenerator(BaseGenerator):
                  num_classes: int = 1000,
                  vocab_size: int = 4096,
                  token_shape: Sequence[int] = (16, 16),
+                 depth_vocab_size: Optional[int] = None,
                  mask_schedule: str = 'cosine',
                  steps: int = 8,
                  choice_temperature: float = 4.5,
@@ -148,6 +175,20 @@ class MaskGITGenerator(BaseGenerator):
                              f'got {depth}')
         self.token_shape = tuple(token_shape)
         self.num_tokens = int(torch.Size(self.token_shape).numel())
+        self.depth_vocab_size = depth_vocab_size
+        self.num_depths = 1
+        if depth_vocab_size is not None:
+            if depth_vocab_size < 1:
+                raise ValueError(f'depth_vocab_size must be >= 1, got '
+                                 f'{depth_vocab_size}')
+            self.num_depths = self.token_shape[-1]
+            if vocab_size != self.num_depths * depth_vocab_size:
+                raise ValueError(
+                    f'vocab_size ({vocab_size}) must equal D * '
+                    f'depth_vocab_size = {self.num_depths} * '
+                    f'{depth_vocab_size} = '
+                    f'{self.num_depths * depth_vocab_size} (D = the last '
+                    f'axis of token_shape {self.token_shape})')
         self.mask_id = vocab_size
         self.schedule = mask_schedule
         self.steps = steps
@@ -196,12 +237,37 @@ class MaskGITGenerator(BaseGenerator):
         nn.init.trunc_normal_(self.pos_embed, std=self.init_std)
 
     # --- network --------------------------------------------------------
+    def _joint_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Per-depth ids ``(B, N)`` → joint ids ``d · depth_vocab_size +
+        i`` (mask ids unchanged); identity without depths."""
+        if self.depth_vocab_size is None:
+            return ids
+        depth = torch.arange(ids.shape[1], device=ids.device) % \
+            self.num_depths
+        return torch.where(ids == self.mask_id, ids,
+                           ids + depth * self.depth_vocab_size)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``(B, N, dim)`` → logits: ``(B, N, V)``, or with
+        depths the rows of each position's depth only, ``(B, N, Vd)``
+        (the same values as slicing the full ``(B, N, V)`` head output, at
+        ``1/D`` of its cost)."""
+        if self.depth_vocab_size is None:
+            return self.head(h)
+        depths, vocab = self.num_depths, self.depth_vocab_size
+        b, n, c = h.shape
+        weight = self.head.weight.view(depths, vocab, c)
+        out = torch.einsum('bkdc,dvc->bkdv',
+                           h.reshape(b, n // depths, depths, c), weight)
+        return (out + self.head.bias.view(depths, vocab)).reshape(b, n, vocab)
+
     def _network(self, ids: torch.Tensor,
                  labels: torch.Tensor) -> torch.Tensor:
-        """``ids (B, N)`` (mask id allowed), ``labels (B,)`` → logits
-        ``(B, N, V)``."""
+        """``ids (B, N)`` (per-depth ids; mask id allowed), ``labels (B,)``
+        → logits ``(B, N, V)`` (with depths ``(B, N, Vd)``, see
+        :meth:`_head`)."""
         h = torch.cat([self.class_embed(labels)[:, None],
-                       self.token_embed(ids)], dim=1)
+                       self.token_embed(self._joint_ids(ids))], dim=1)
         h = self.dropout(h + self.pos_embed)
         if self.long_skip:
             skips = []
@@ -214,13 +280,47 @@ class MaskGITGenerator(BaseGenerator):
         else:
             for blk in self.blocks:
                 h = blk(h)
-        return self.head(self.norm(h)[:, 1:])
+        return self._head(self.norm(h)[:, 1:])
+
+    def _sequence(self, tokens: torch.Tensor,
+                  allow_mask: bool) -> torch.Tensor:
+        """``tokens (B, *token_shape)`` → ``(B, N)``; with depths, every id
+        must be in ``[0, depth_vocab_size)`` (or ``mask_id`` when
+        ``allow_mask``), else a ``ValueError`` naming the range."""
+        seq = self._check_tokens(tokens)
+        if self.depth_vocab_size is None:
+            return seq
+        bad = (seq < 0) | (seq >= self.depth_vocab_size)
+        if allow_mask:
+            bad &= seq != self.mask_id
+        if bad.any():
+            values = seq[bad]
+            depths = (bad.nonzero()[:, 1] % self.num_depths).unique()
+            allowed = f' or mask_id {self.mask_id}' if allow_mask else ''
+            raise ValueError(
+                f'tokens must be per-depth ids in [0, {self.depth_vocab_size}'
+                f') (depth_vocab_size){allowed}, got ids in '
+                f'[{values.min()}, {values.max()}] at depths '
+                f'{depths.tolist()}')
+        return seq
 
     def logits(self, tokens: torch.Tensor,
                labels: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, N, V)`` of ``tokens (B, *token_shape)``, in which
-        positions holding ``mask_id`` are the masked ones."""
-        return self._network(self._check_tokens(tokens), labels)
+        positions holding ``mask_id`` are the masked ones.
+
+        With ``depth_vocab_size``: ``(B, N, depth_vocab_size)``, the logits
+        of each position's own depth, un-offset (entry ``i`` at a depth-``d``
+        position is joint id ``d·Vd + i``; the other depths' ids have
+        probability 0). Not the ``(B, N, V)`` array with ``-inf`` outside
+        each position's range, because everything downstream stays exact on
+        finite logits: guidance ``ℓ_u + s(ℓ_c - ℓ_u)`` would give
+        ``-inf - (-inf) = NaN``; top-k / top-p / temperature act on exactly
+        the legal ids; a sampled index is the tokenizer's id; and label
+        smoothing spreads its mass over the depth's ids only (over ``-inf``
+        logits it would be infinite).
+        """
+        return self._network(self._sequence(tokens, allow_mask=True), labels)
 
     def random_mask(self, batch_size: int, device: torch.device,
                     generator: Optional[torch.Generator] = None
@@ -238,8 +338,10 @@ class MaskGITGenerator(BaseGenerator):
     def loss(self, tokens: torch.Tensor,
              labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``loss_ce`` (see the class doc), ``acc`` on masked positions and
-        the batch's ``mask_ratio``."""
-        seq = self._check_tokens(tokens)
+        the batch's ``mask_ratio``. With depths, the cross-entropy and
+        its label smoothing are over each position's depth vocabulary
+        (targets un-offset against the :meth:`logits` of that depth)."""
+        seq = self._sequence(tokens, allow_mask=False)
         mask = self.random_mask(seq.shape[0], seq.device)
         logits = self._network(seq.masked_fill(mask, self.mask_id), labels)
         weights = mask.float() + self.unmasked_weight * (~mask).float()
@@ -261,9 +363,10 @@ class MaskGITGenerator(BaseGenerator):
                  ) -> Union[torch.Tensor, Tuple[torch.Tensor,
                                                 List[torch.Tensor]]]:
         """Decode ``(B, *token_shape)`` tokens for ``labels (B,)`` (see the
-        class doc); ``steps`` / ``choice_temperature`` default to the
-        constructor's. With ``return_history`` also the list of the
-        ``steps`` intermediate grids (``mask_id`` where still masked)."""
+        class doc; with depths, per-depth ids in ``[0, depth_vocab_size)``);
+        ``steps`` / ``choice_temperature`` default to the constructor's.
+        With ``return_history`` also the list of the ``steps``
+        intermediate grids (``mask_id`` where still masked)."""
         sampler = self.sampler if sampler is None else sampler
         steps = self.steps if steps is None else steps
         if steps < 1:
