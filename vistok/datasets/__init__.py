@@ -8,12 +8,13 @@ from .image_folder import ImageFolderDataset
 from .procedural import ProceduralShapesDataset
 from .samplers import ResumableInfiniteSampler, SeededIndex
 from .skimage_photos import SkimagePhotoDataset
+from .tar_index import TarShardDataset
 from .token_shards import TokenShardDataset
 from .webdataset import WebDatasetShards
 
 __all__ = [
     'BaseImageDataset', 'em', 'ImageFolderDataset', 'ProceduralShapesDataset',
     'ResumableInfiniteSampler', 'SeededDatasetMixin', 'SeededIndex',
-    'SkimagePhotoDataset', 'TokenShardDataset', 'WebDatasetShards', 'build_pipeline', 'samplers',
-    'transforms'
+    'SkimagePhotoDataset', 'TarShardDataset', 'TokenShardDataset',
+    'WebDatasetShards', 'build_pipeline', 'samplers', 'transforms'
 ]
