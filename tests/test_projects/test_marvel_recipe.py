@@ -131,12 +131,38 @@ def test_two_stage_recipe_by_config(tmp_path):
                        stage1['encoder.proj_out.weight'])
 
 
-def test_single_stage_config_learns_pixels(tmp_path):
-    runner, history = train(load_cfg(SINGLE, tmp_path, 40, {}))
+def test_single_stage_config_learns_pixels_and_exports(tmp_path):
+    """Single stage learns pixels; its 8 x 2 ids per image export to token
+    shards that read back and decode exactly as tokenizing directly."""
+    import runpy
+
+    from vistok.apis import detokenize, load_tokenizer, tokenize
+    from vistok.datasets import TokenShardDataset
+    runner, history = train(load_cfg(SINGLE, tmp_path / 'run', 40, {}))
     assert falls(history['loss_mse'], 0.7)
     images = val_images(runner)
+    model = runner.model.eval()
     with torch.no_grad():
-        tokens = runner.model.encode(images)
-        assert tokens.shape == (images.shape[0], 8, 2)
-        out = runner.model(images, mode='tensor')
-        assert torch.equal(runner.model.decode(tokens), out.reconstruction)
+        tokens = model.encode(images)
+        out = model(images, mode='tensor')
+    assert tokens.shape == (images.shape[0], 8, 2)
+    assert torch.equal(model.decode(tokens), out.reconstruction)
+
+    config = osp.join(CONFIGS, SINGLE)
+    checkpoint = str(tmp_path / 'run' / 'iter_40.pth')
+    export = runpy.run_path(osp.join(REPO_ROOT, 'tools/export_tokens.py'))
+    manifest = export['main']([config, checkpoint, '--data', 'val', '--out',
+                               str(tmp_path / 'tokens')])
+    assert manifest['levels'][0]['shape'] == [8, 2]
+    dataset = TokenShardDataset(str(tmp_path / 'tokens'), verify=True)
+    read_back = torch.stack(
+        [torch.as_tensor(dataset[i]['indices']) for i in range(len(dataset))])
+    tokenizer = load_tokenizer(config, checkpoint)
+    preprocess = tokenizer.data_preprocessor
+    direct = torch.cat([
+        tokenize(tokenizer, preprocess(batch)['inputs'])
+        for batch in runner.val_dataloader
+    ])
+    assert torch.equal(read_back.long(), direct.long())
+    assert torch.equal(detokenize(tokenizer, read_back),
+                       detokenize(tokenizer, direct))
