@@ -1,9 +1,20 @@
 """Helpers shared by tests (importable as ``_helpers``: tests/ is on
 sys.path through its conftest)."""
+import importlib.util
 import os
 import os.path as osp
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def load_tool(path: str, name: str):
+    """The tool script at ``path`` (relative to the repo) imported as a
+    module called ``name``."""
+    spec = importlib.util.spec_from_file_location(name,
+                                                  osp.join(REPO_ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def subprocess_env(**extra):

@@ -5,7 +5,6 @@ official key names and shapes (enumerated below from taming's
 ``taming/modules/discriminator/model.py``, ``taming/modules/losses/lpips.py``
 and TiTok's ``modeling/modules/maskgit_vqgan.py``)."""
 import argparse
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -14,7 +13,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from safetensors.torch import load_file
 
-from _helpers import REPO_ROOT
+from _helpers import REPO_ROOT, load_tool
 from vistok.apis.tokenize import load_tokenizer
 from vistok.utils.checkpoint import CheckpointLoadError, pickle_trusted
 from vistok.utils.convert import (ConversionError, Rule, convert_for_model,
@@ -43,16 +42,12 @@ model = dict(
 """
 
 
-def load_tool(name):
-    path = osp.join(REPO_ROOT, 'tools/model_converters', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'converter_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def converter(name):
+    return load_tool(f'tools/model_converters/{name}.py', f'converter_{name}')
 
 
-taming_tool = load_tool('taming_vqgan')
-maskgit_tool = load_tool('maskgit_vqgan')
+taming_tool = converter('taming_vqgan')
+maskgit_tool = converter('maskgit_vqgan')
 
 
 # --- official layouts -------------------------------------------------------

@@ -7,7 +7,6 @@ top-level ``latent_tokens``, stage-2 ``pixel_quantize`` / ``pixel_decoder``;
 ``modeling/quantizer/quantizer.py``: l2-normalised VQ). The reference's
 module names are the official key names, so its random state dict is an
 official-layout checkpoint."""
-import importlib.util
 import os.path as osp
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from safetensors.torch import load_file, save_file
 
-from _helpers import REPO_ROOT, subprocess_env
+from _helpers import REPO_ROOT, load_tool, subprocess_env
 from vistok.apis.tokenize import load_tokenizer
 from vistok.utils.convert import convert_state_dict
 
@@ -68,16 +67,12 @@ model = dict(
 """
 
 
-def load_tool(name):
-    path = osp.join(REPO_ROOT, 'tools/model_converters', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'converter_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def converter(name):
+    return load_tool(f'tools/model_converters/{name}.py', f'converter_{name}')
 
 
-titok_tool = load_tool('titok')
-maskgit_tool = load_tool('maskgit_vqgan')
+titok_tool = converter('titok')
+maskgit_tool = converter('maskgit_vqgan')
 
 
 # --- the official TiTok, from the facts in the module docstring ------------

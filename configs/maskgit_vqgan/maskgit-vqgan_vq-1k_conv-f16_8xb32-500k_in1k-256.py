@@ -11,23 +11,15 @@ _base_ = [
     '../_base_/models/maskgit_vqgan_conv-f16.py',
     '../_base_/datasets/imagenet_256.py',
     '../_base_/default_runtime.py',
+    '../_base_/losses/titok_pixel.py',
 ]
 # the converted release (see README.md)
 load_from = 'checkpoints/maskgit-vqgan-imagenet-f16-256_vistok.pth'
-# timm.create_model('convnext_small.fb_in1k', pretrained=True).state_dict()
-# saved with torch.save on a machine with internet access
-perceptual_weights_path = 'checkpoints/convnext_small.fb_in1k.pth'
 model = dict(
     reconstruction_loss=dict(type='MSELoss', loss_weight=1.0),
-    perceptual_loss=dict(type='PerceptualFeatureLoss',
-                         model_name='convnext_small.fb_in1k',
-                         weights_path=perceptual_weights_path, mode='logits',
-                         resize=224, loss_weight=0.1),
-    discriminator=dict(type='MaskGITDiscriminator', in_channels=3),
-    adversarial_loss=dict(type='AdversarialLoss', loss_type='hinge',
-                          generator_weight=0.01, adaptive_weight=False,
-                          discriminator_weight=1.0, start_iter=20000,
-                          lecam_weight=0.001, lecam_decay=0.999),
+    perceptual_loss={{_base_.titok_perceptual_loss}},
+    discriminator={{_base_.titok_discriminator}},
+    adversarial_loss={{_base_.titok_adversarial_loss}},
     ema=dict(decay=0.999, use_for_val=True),
 )
 num_gpus, batch_per_gpu = 8, 32

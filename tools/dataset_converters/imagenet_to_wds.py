@@ -63,6 +63,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
 from vistok.datasets.image_folder import IMG_EXTENSIONS  # noqa: E402
 from vistok.datasets.tar_index import MANIFEST_FORMAT  # noqa: E402
 from vistok.utils.checkpoint import write_text_atomic  # noqa: E402
+from vistok.utils.fileio import sha256_file  # noqa: E402
 
 FORMAT_VERSION = 1
 SHARD_NAME = 'imagenet-{split}-{index:06d}.tar'
@@ -71,16 +72,7 @@ TMP_SUFFIX = '.tmp'
 #: PIL format -> tar member extension (all in the loaders' image_keys)
 MEMBER_EXT = dict(JPEG='jpg', PNG='png', WEBP='webp')
 TAR_FILE_MODE = 0o644
-HASH_CHUNK_BYTES = 1 << 20
 CSV_COLUMNS = ('ImageId', 'PredictionString')
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(HASH_CHUNK_BYTES), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def class_folders(folder: str) -> list:

@@ -48,6 +48,7 @@ from torch.utils.data import Dataset
 
 from vistok.registry import DATASETS
 from vistok.utils.checkpoint import write_text_atomic
+from vistok.utils.fileio import sha256_file
 
 FORMAT = 'vistok-token-shards'
 FORMAT_VERSION = 1
@@ -66,7 +67,6 @@ REQUIRED_KEYS = ('format', 'format_version', *IDENTITY_KEYS, 'structure',
 #: webdataset extensions of the per-sample metadata
 SAMPLE_IDX_EXT = 'sample_idx'
 LABEL_EXT = 'cls'
-HASH_CHUNK_BYTES = 1 << 20
 TAR_FILE_MODE = 0o644
 
 
@@ -81,14 +81,6 @@ def index_dtype(codebook_size: int, signed: bool = False) -> np.dtype:
             return np.dtype(dtype)
     raise ValueError(f'codebook_size={codebook_size} does not fit in '
                      f'{np.dtype(candidates[-1]).name}')
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(HASH_CHUNK_BYTES), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def split_indices(indices) -> Tuple[str, List[torch.Tensor]]:

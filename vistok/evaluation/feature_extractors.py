@@ -19,7 +19,6 @@ Pretrained networks are frozen
 (:func:`vistok.models.frozen.freeze_as_buffers`): always in eval mode, no
 parameters, nothing in ``state_dict()``.
 """
-import hashlib
 import math
 from typing import Dict, Optional
 
@@ -33,6 +32,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 
 from vistok.models.frozen import freeze_as_buffers, load_frozen_weights
 from vistok.registry import FEATURE_EXTRACTORS
+from vistok.utils.fileio import sha256_file
 from vistok.utils.weights import load_state_dict_file, require_file
 
 TORCH_FIDELITY_INCEPTION_URL = (
@@ -41,15 +41,6 @@ TORCH_FIDELITY_INCEPTION_URL = (
 PYTORCH_FID_INCEPTION_URL = (
     'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
     'pt_inception-2015-12-05-6726825d.pth')
-
-
-def file_sha256(path: str, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(chunk_bytes), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_uint8_images(images: torch.Tensor, who: str) -> None:
@@ -88,7 +79,7 @@ class FeatureExtractor(nn.Module):
                             self.how_to_get)
         self._load(load_state_dict_file(path, 'weights_path',
                                         self.how_to_get))
-        self.weights_sha256 = file_sha256(path)
+        self.weights_sha256 = sha256_file(path)
 
     def _load(self, state_dict: Dict[str, torch.Tensor]) -> None:
         raise NotImplementedError

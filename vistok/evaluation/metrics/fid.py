@@ -43,9 +43,9 @@ from torch_fidelity.metric_kid import (KEY_METRIC_KID_MEAN,
                                        KEY_METRIC_KID_STD,
                                        kid_features_to_metric)
 
-from vistok.evaluation.feature_extractors import (FeatureExtractor,
-                                                  file_sha256)
+from vistok.evaluation.feature_extractors import FeatureExtractor
 from vistok.registry import FEATURE_EXTRACTORS, METRICS
+from vistok.utils.fileio import sha256_file
 from vistok.utils.weights import MissingWeightsError
 
 SUPPORTED_METRICS = ('fid', 'is', 'kid')
@@ -328,7 +328,7 @@ class FrechetInceptionDistance(BaseMetric):
                                  '(reference.stats_path) holds only mu and '
                                  'sigma')
             return (stats, features) + self._fingerprint(
-                self.reference['name'], count, file_sha256(path))
+                self.reference['name'], count, sha256_file(path))
         cached = self._cached_reference()
         if cached is not None:
             return self._load_cache(cached, len(results))

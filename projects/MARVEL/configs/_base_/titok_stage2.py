@@ -10,26 +10,17 @@
 # EMA decay 0.999 of its statistics). AdamW lr 1e-4 (0.9, 0.999) wd 1e-4 for
 # both, 5k warm-up then cosine to 1e-5 over 500k iterations, 8 x 32 images,
 # fp16, EMA 0.999.
-_base_ = ['./titok.py']
+_base_ = ['./titok.py', '../../../../configs/_base_/losses/titok_pixel.py']
 stage1_checkpoint = \
     'work_dirs/titok_vq-4k_l32_8xb32-1m_in1k-256/iter_1000000.pth'
-# timm.create_model('convnext_small.fb_in1k', pretrained=True).state_dict()
-# saved with torch.save on a machine with internet access
-perceptual_weights_path = 'checkpoints/convnext_small.fb_in1k.pth'
 model = dict(
     teacher=None,
     pixel_decoder={{_base_.teacher}},
     frozen_parts=('encoder', 'quantizer'),
     reconstruction_loss=dict(type='MSELoss', loss_weight=1.0),
-    perceptual_loss=dict(type='PerceptualFeatureLoss',
-                         model_name='convnext_small.fb_in1k',
-                         weights_path=perceptual_weights_path, mode='logits',
-                         resize=224, loss_weight=0.1),
-    discriminator=dict(type='MaskGITDiscriminator', in_channels=3),
-    adversarial_loss=dict(type='AdversarialLoss', loss_type='hinge',
-                          generator_weight=0.01, adaptive_weight=False,
-                          discriminator_weight=1.0, start_iter=20000,
-                          lecam_weight=0.001, lecam_decay=0.999),
+    perceptual_loss={{_base_.titok_perceptual_loss}},
+    discriminator={{_base_.titok_discriminator}},
+    adversarial_loss={{_base_.titok_adversarial_loss}},
     pretrained=dict(
         # the stage-1 model; the pixel parts and the GAN are new
         stage1=dict(
