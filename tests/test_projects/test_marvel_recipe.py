@@ -147,6 +147,10 @@ def test_single_stage_config_learns_pixels_and_exports(tmp_path):
         out = model(images, mode='tensor')
     assert tokens.shape == (images.shape[0], 8, 2)
     assert torch.equal(model.decode(tokens), out.reconstruction)
+    # the tokens describe the images: no collapse onto one code sequence
+    # (measured 13 distinct sequences of 16 after 40 iterations; 1 with the
+    # commitment term the demo drops)
+    assert len(tokens.flatten(1).unique(dim=0)) > len(images) // 2
 
     config = osp.join(CONFIGS, SINGLE)
     checkpoint = str(tmp_path / 'run' / 'iter_40.pth')
@@ -158,10 +162,10 @@ def test_single_stage_config_learns_pixels_and_exports(tmp_path):
     read_back = torch.stack(
         [torch.as_tensor(dataset[i]['indices']) for i in range(len(dataset))])
     tokenizer = load_tokenizer(config, checkpoint)
-    preprocess = tokenizer.data_preprocessor
-    direct = torch.cat([
-        tokenize(tokenizer, preprocess(batch)['inputs'])
-        for batch in runner.val_dataloader
+    # the photos' pixels in one batch, as the export's (batch 32 > 18
+    # photos): a sign of a near-zero latent may flip with the batch
+    direct = tokenize(tokenizer, [
+        image for batch in runner.val_dataloader for image in batch['inputs']
     ])
     assert torch.equal(read_back.long(), direct.long())
     assert torch.equal(detokenize(tokenizer, read_back),

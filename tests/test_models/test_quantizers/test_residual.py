@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -387,3 +389,27 @@ def test_residual_lfq_pow2_lowers_mean_error_with_depth():
     single = ResidualQuantizer(lfq, 1, depth_scales='pow2').eval()
     plain = QUANTIZERS.build(lfq).eval()
     assert torch.equal(single(z).quantized, plain(z).quantized)
+
+
+def test_residual_lfq_entropy_is_scored_per_depth_on_its_own_codes():
+    """MARVEL fix: depth d's entropy (and commitment) terms are those of a
+    plain LFQ on r_d · 2^d, i.e. scored against the ±1 codes that depth
+    actually quantizes with (the official code scored r_d against the
+    unscaled ±1 codebook and pooled the depths)."""
+    lfq = dict(type='LookupFreeQuantizer', codebook_bits=6,
+               entropy_weight=0.02, temperature=0.01)
+    z = torch.randn(8, 6, 3, 3, generator=torch.Generator().manual_seed(1))
+    quantizer = ResidualQuantizer(lfq, 2, depth_scales='pow2',
+                                  per_depth_loss=True).train()
+    plain = QUANTIZERS.build(lfq).train()
+    out = quantizer(z)
+    first = plain(z)
+    second = plain((z - first.quantized.detach()) * 2)
+    for name in ('loss_entropy', 'loss_commitment'):
+        torch.testing.assert_close(out.loss[f'depth0.{name}'],
+                                   first.loss[name])
+        torch.testing.assert_close(out.loss[f'depth1.{name}'],
+                                   second.loss[name])
+    # the scaled residual uses both signs of every bit: the soft codebook
+    # entropy of depth 1 is far from collapsed
+    assert out.stats['depth1.soft_codebook_entropy'] > 0.5 * math.log(64)
