@@ -103,8 +103,9 @@ class AutoencoderTokenizer(BaseModel):
         frozen_parts: names of children (e.g. ``('encoder', 'quantizer')``
             for decoder fine-tuning, TiTok stage 2) that are not trained:
             no gradients, always in eval mode, outside the optimizer and the
-            EMA copy. Their loss terms (e.g. a frozen quantizer's
-            commitment) still appear in the log as constants.
+            EMA copy. A quantizer whose loss terms no trainable part feeds
+            (frozen itself and behind a frozen encoder) adds no loss (TiTok
+            stage 2's zeroed quantizer loss).
         data_preprocessor: defaults to :data:`DEFAULT_DATA_PREPROCESSOR`
             (stacks CHW uint8 RGB images and maps them to [-1, 1]).
         init_cfg: mmengine weight-initialisation config.
@@ -353,10 +354,15 @@ class AutoencoderTokenizer(BaseModel):
                          ) -> List[Dict[str, torch.Tensor]]:
         """The quantizer's (already weighted) loss terms and its detached
         scalar stats; in training its code counts are accumulated for
-        :meth:`pop_code_counts`."""
+        :meth:`pop_code_counts`. With gradients on, terms that do not
+        depend on any trainable parameter (a frozen quantizer behind a
+        frozen encoder) are left out."""
         if self.training:
             self._accumulate_code_counts(quantized.stats)
-        return [quantized.loss, {
+        losses = quantized.loss
+        if torch.is_grad_enabled():  # constants: nothing trainable feeds them
+            losses = {k: v for k, v in losses.items() if v.requires_grad}
+        return [losses, {
             name: value.detach()
             for name, value in quantized.stats.items() if value.ndim == 0
         }]
