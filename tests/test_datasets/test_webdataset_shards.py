@@ -105,3 +105,33 @@ def test_length_and_errors(urls):
         len(WebDatasetShards(urls))
     with pytest.raises(KeyError, match='jpg'):
         next(iter(WebDatasetShards(urls, image_keys='jpg')))
+
+
+@pytest.mark.parametrize('num_workers', [0, 1])
+def test_resume_restarts_the_stream_at_its_epoch(urls, num_workers):
+    """A resumed run does not read and discard the batches it had drawn: the
+    stream restarts at the beginning of the epoch it was in (persistent
+    workers are replaced, they hold stale dataset copies)."""
+    from vistok.engine.loops import restart_stream
+
+    def loader(dataset):
+        return DataLoader(dataset, batch_size=4, num_workers=num_workers,
+                          persistent_workers=num_workers > 0,
+                          collate_fn=lambda batch: [s['sample_key']
+                                                    for s in batch])
+
+    total = NUM_SHARDS * PER_SHARD
+    running = loader(WebDatasetShards(urls, repeat=True, num_samples=total))
+    next(iter(running))  # workers started with epoch 0
+    # 7 batches of 4 = 28 samples drawn: epoch 1 of 20-sample epochs
+    assert restart_stream(running, 7) == 1
+    resumed = list(islice(iter(running), 5))
+    fresh = WebDatasetShards(urls, repeat=True, num_samples=total)
+    fresh.set_epoch(1)
+    assert resumed == list(islice(iter(loader(fresh)), 5))
+    epoch0 = list(islice(iter(loader(
+        WebDatasetShards(urls, repeat=True, num_samples=total))), 5))
+    assert resumed != epoch0
+    # a map-style dataset or an unsized stream is not restarted here
+    assert restart_stream(loader(WebDatasetShards(urls, repeat=True)),
+                          7) is None

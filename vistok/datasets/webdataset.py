@@ -57,9 +57,12 @@ class WebDatasetShards(IterableDataset):
     what :meth:`set_epoch` set: call it before creating the DataLoader
     iterator, as workers copy the dataset then). With ``repeat=True`` the
     stream never ends and moves on to the next epoch by itself (for
-    iteration-based training). A resumed run restarts at the deterministic
-    shard order of the epoch given to :meth:`set_epoch`, from its beginning:
-    the exact sample position inside the epoch is not restored.
+    iteration-based training). On resume vistok's ``IterBasedTrainLoop``
+    computes the epoch the run was in from the iteration, batch size,
+    ``num_samples`` and world size and restarts the stream at its beginning
+    (:func:`vistok.engine.loops.restart_stream`; give ``num_samples``):
+    no data is read to get there, and the samples of that epoch drawn
+    before the interruption are drawn again.
 
     Args:
         urls: shard paths or URLs, with brace expansion

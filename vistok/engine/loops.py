@@ -7,7 +7,10 @@ loop instead
 
 * moves a resumable sampler (one with ``skip(n)``, e.g.
   :class:`vistok.datasets.samplers.ResumableInfiniteSampler`) to the right
-  draw arithmetically and restarts the data iterator there;
+  draw arithmetically and restarts the data iterator there; a stream (an
+  ``IterableDataset`` with ``set_epoch`` and a length, e.g.
+  :class:`vistok.datasets.WebDatasetShards`) restarts at the beginning of
+  the epoch the run was in (see :func:`restart_stream`);
 * then restores the RNG states saved in the checkpoint (by
   :class:`vistok.engine.runner.VistokRunner`), so dropout and every other
   random draw continue as if the run had never stopped;
@@ -19,13 +22,46 @@ Registered as ``IterBasedTrainLoop`` in vistok's ``LOOPS``: under
 'IterBasedTrainLoop', ...)`` gets this loop.
 """
 import logging
+from typing import Optional
 
+from mmengine.dist import get_dist_info
 from mmengine.logging import print_log
 from mmengine.runner import IterBasedTrainLoop as MMEngineIterBasedTrainLoop
 from mmengine.runner.loops import _InfiniteDataloaderIterator
+from torch.utils.data import DataLoader, IterableDataset
 
 from vistok.registry import LOOPS
 from vistok.utils.rng import get_rng_state, set_rng_state
+
+
+def restart_stream(dataloader: DataLoader,
+                   batches_done: int) -> Optional[int]:
+    """Restart a streaming dataset at the beginning of the epoch in which
+    this rank drew its ``batches_done``-th batch, without reading the data
+    before it; returns that epoch, or ``None`` if the dataset is not an
+    ``IterableDataset`` with ``set_epoch`` and a length.
+
+    Each rank streams ``len(dataset) / world_size`` samples per epoch (the
+    length counts all ranks, as :class:`~vistok.datasets.WebDatasetShards`'
+    ``num_samples``). The samples of the epoch drawn before the interruption
+    are drawn again (the position inside an epoch is not kept). Persistent
+    workers hold a copy of the dataset, so they are shut down and the next
+    iterator starts new ones.
+    """
+    dataset = dataloader.dataset
+    if not (isinstance(dataset, IterableDataset)
+            and hasattr(dataset, 'set_epoch')):
+        return None
+    try:
+        num_samples = len(dataset)
+    except TypeError:
+        return None
+    _, world_size = get_dist_info()
+    per_epoch = max(num_samples // world_size, 1)
+    epoch = batches_done * dataloader.batch_size // per_epoch
+    dataset.set_epoch(epoch)
+    dataloader._iterator = None  # drop persistent workers (stale copies)
+    return epoch
 
 
 @LOOPS.register_module()
@@ -55,8 +91,19 @@ class IterBasedTrainLoop(MMEngineIterBasedTrainLoop):
 
     def _restore_position(self):
         sampler = self.dataloader.sampler
-        if hasattr(sampler, 'skip'):
+        restarted = hasattr(sampler, 'skip')
+        if restarted:
             sampler.skip(self._iter * self.dataloader.batch_size)
+        else:
+            epoch = restart_stream(self.dataloader, self._iter)
+            restarted = epoch is not None
+            if restarted:
+                print_log(
+                    f'Resuming the stream at the beginning of its epoch '
+                    f'{epoch}: the samples of that epoch drawn before the '
+                    f'interruption are drawn again.', logger='current',
+                    level=logging.WARNING)
+        if restarted:
             self.dataloader_iterator = _InfiniteDataloaderIterator(
                 self.dataloader)
         else:
