@@ -367,7 +367,7 @@ def test_single_stage_pixel_decoder_matches(tmp_path):
     ``decoder.conv_out`` on pixels -> the ``'pixel'`` head."""
     cfg = Config.fromstring(TINY_CONFIG, '.py')
     cfg.model.update(head='pixel', pixel_decoder=None, is_legacy=False,
-                     pixel_range=None, frozen_parts=())
+                     frozen_parts=())
     config = str(tmp_path / 'tiny_titok_pixel.py')
     cfg.dump(config)
     official, ref, _ = official_checkpoint(legacy=False, stage2=False)
@@ -375,12 +375,13 @@ def test_single_stage_pixel_decoder_matches(tmp_path):
     x = images01(1)
     z, ids, _ = ref.encode(x)  # the fixed layout: reshape + permute
     assert torch.allclose(model.encoder(x), z.squeeze(2), atol=1e-5)
-    assert torch.equal(model.encode(x), ids)
+    # vistok's [-1, 1] images, mapped to the release's [0, 1] and back
+    assert torch.equal(model.encode(x * 2 - 1), ids)
     ids = torch.randint(CODEBOOK, (2, TOKENS),
                         generator=torch.Generator().manual_seed(2))
     images = ref.decoder(ref.lookup(ids))
     assert images.shape == (2, 3, IMAGE, IMAGE)
-    assert torch.allclose(model.decode(ids), images, atol=1e-5)
+    assert torch.allclose(model.decode(ids), images * 2 - 1, atol=1e-5)
     assert report.mapping['decoder.conv_out.weight'] == (
         'head.refine.weight', 'ema.head.refine.weight')
     # this checkpoint in an is_legacy=True model is refused
@@ -406,6 +407,10 @@ def test_legacy_release_is_refused_for_a_non_legacy_model(
     with torch.no_grad():
         z = ref.encode(x)[0].squeeze(2)
         assert not torch.allclose(model.encoder(x), z, atol=1e-3)
+    # the released encoders see [0, 1] images
+    with pytest.raises(titok_tool.LayoutError, match='pixel_range'):
+        convert(official, tiny_config, tmp_path=tmp_path,
+                cfg_options={'model.pixel_range': None})
 
 
 def test_stage1_target_needs_stage_1_and_incomplete_files_are_refused(

@@ -276,10 +276,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         'for a model with is_legacy=False')
 
 
+#: the value range the released encoders see (and pixel heads produce)
+RELEASE_PIXEL_RANGE = (0.0, 1.0)
+
+
 def check(args, official, model):
-    """:func:`check_layout`; a stage-1 target drops the release's pixel
-    parts."""
+    """:func:`check_layout` and the input range; a stage-1 target drops
+    the release's pixel parts."""
     stage = check_layout(official, model, args.stage, args.allow_non_legacy)
+    if model.pixel_range != RELEASE_PIXEL_RANGE:
+        raise LayoutError(
+            f'the released TiTok weights see images in '
+            f'{list(RELEASE_PIXEL_RANGE)}; the model has pixel_range='
+            f'{model.pixel_range}: set model.pixel_range=(0.0, 1.0) (as the '
+            f'projects/MARVEL configs do) or the converted weights '
+            f'reconstruct badly')
     note = (f'{official_head(official)} decoder head, model.is_legacy='
             f'{model.is_legacy}, stage {stage}')
     return (STAGE2_KEYS if stage == 1 else ()), note
