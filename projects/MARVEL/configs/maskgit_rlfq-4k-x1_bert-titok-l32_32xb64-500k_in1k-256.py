@@ -38,3 +38,7 @@ train_dataloader = dict(batch_size=64, dataset=dict(data_root=token_root))
 optim_wrapper = dict(optimizer=dict(lr=2e-4, betas=(0.9, 0.96),
                                     weight_decay=0.03))
 train_cfg = dict(max_iters=500000)
+# TiTok trains its generators with an EMA copy (decay not given in the
+# reference notes; 0.9999 here). mmengine's EMAHook writes the EMA weights
+# into the checkpoint's state_dict, so tools/sample.py samples with them.
+custom_hooks = [dict(type='EMAHook', momentum=1e-4)]
