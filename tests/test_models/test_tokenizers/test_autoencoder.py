@@ -194,3 +194,36 @@ def test_predict_tokens_of_structured_quantizers(quantizer, length,
         assert sample.tokens.shape == (length, )
         assert sample.codebook_size == vocabulary
         assert 0 <= sample.tokens.min() and sample.tokens.max() < vocabulary
+
+
+def test_frozen_parts_are_not_trained():
+    """Decoder fine-tuning (TiTok stage 2): frozen parts keep their weights,
+    stay in eval mode, are outside the optimizer's parts and the EMA copy,
+    and a quantizer fed only by frozen parts adds no loss."""
+    model = build(frozen_parts=('encoder', 'quant_conv', 'quantizer'),
+                  ema=dict(decay=0.5))
+    assert set(model.optim_parts()['generator']) == {'post_quant_conv',
+                                                     'decoder'}
+    assert set(model.ema) == {'post_quant_conv', 'decoder'}
+    frozen = {k: v.clone() for k, v in model.state_dict().items()
+              if k.startswith(('encoder.', 'quant_conv.', 'quantizer.'))}
+    decoder = copy.deepcopy(model.decoder.state_dict())
+    wrapper = OptimWrapper(torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-2))
+    model.train()
+    assert not model.encoder.training and not model.quantizer.training
+    assert model.decoder.training
+    for _ in range(3):
+        log = model.train_step(batch(), wrapper)
+    assert 'loss_commitment' not in log and 'loss_mse' in log
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    assert any(not torch.equal(state[f'decoder.{k}'], v)
+               for k, v in decoder.items())
+    # a trainable part in front of a frozen quantizer keeps its terms
+    model = build(frozen_parts=('quantizer', ))
+    model.train()
+    assert 'loss_commitment' in model.loss(
+        model.data_preprocessor(batch(), True)['inputs'])
+    with pytest.raises(ValueError, match="frozen_parts \\['head'\\]"):
+        build(frozen_parts=('head', ))
