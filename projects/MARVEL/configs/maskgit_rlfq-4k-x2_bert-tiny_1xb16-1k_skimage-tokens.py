@@ -11,14 +11,9 @@
 #   python tools/sample.py projects/MARVEL/configs/maskgit_rlfq-4k-x2_bert-tiny_1xb16-1k_skimage-tokens.py \
 #       work_dirs/maskgit_rlfq-4k-x2_bert-tiny_1xb16-1k_skimage-tokens/iter_1000.pth \
 #       --out work_dirs/samples/marvel-x2-tiny.npz --num-images 36
-# Checkpoints hold the EMA weights (EMAHook), which sampling then uses.
-_base_ = [
-    '../../../configs/_base_/datasets/imagenet_tokens.py',
-    '../../../configs/_base_/schedules/adamw_generator.py',
-    '../../../configs/_base_/default_runtime.py',
-]
-custom_imports = dict(imports=['projects.MARVEL.marvel.titok'],
-                      allow_failed_imports=False)
+# The ImageNet generator recipe (x1 config) at demo scale; checkpoints hold
+# the EMA weights (EMAHook), which sampling then uses.
+_base_ = ['./maskgit_rlfq-4k-x1_bert-titok-l32_32xb64-500k_in1k-256.py']
 depth = 2
 token_root = 'work_dirs/tokens/marvel-x2-tiny-skimage'
 tokenizer = dict(
@@ -26,24 +21,15 @@ tokenizer = dict(
     'marvel_rlfq-4k-x2_vit-tiny-k8-pixel_1xb8-300_skimage-64.py',
     checkpoint='work_dirs/'
     'marvel_rlfq-4k-x2_vit-tiny-k8-pixel_1xb8-300_skimage-64/iter_300.pth')
-model = dict(
-    type='MaskGITGenerator',
-    arch=dict(dim=64, depth=2, num_heads=4, ffn_dim=256),
-    num_classes=18,
-    vocab_size=4096 * depth,
-    depth_vocab_size=4096,
-    token_shape=(8, depth),
-    mask_schedule='arccos',
-    steps=8,
-    choice_temperature=4.5,
-    label_smoothing=0.1,
-    unmasked_weight=0.1,
-    class_dropout_prob=0.1,
-    dropout=0.0,
-    attn_dropout=0.0,
-    sampler=dict(type='TokenSampler', temperature=1.0, guidance_scale=2.0,
-                 guidance_schedule='linear'),
-)
+model = dict(arch=dict(_delete_=True, dim=64, depth=2, num_heads=4,
+                       ffn_dim=256),
+             num_classes=18,
+             vocab_size=4096 * depth,
+             token_shape=(8, depth),
+             choice_temperature=4.5,
+             dropout=0.0,
+             attn_dropout=0.0,
+             sampler=dict(guidance_scale=2.0))
 train_dataloader = dict(batch_size=16, num_workers=0,
                         persistent_workers=False,
                         dataset=dict(data_root=token_root))
