@@ -97,6 +97,18 @@ def test_two_stage_recipe_by_config(tmp_path):
     metrics = runner.val_loop.run()
     assert {'usage', 'depth0.usage', 'depth1.usage'} <= set(metrics)
     stage1_ckpt = str(tmp_path / 'stage1' / 'iter_80.pth')
+    # testing the checkpoint (tools/test.py's runner) and load_tokenizer
+    # fill the teacher from its file: checkpoints do not hold it
+    from vistok.apis import build_runner, detokenize, load_tokenizer
+    test_cfg = load_cfg(STAGE1, tmp_path / 'test', 80, {})
+    test_cfg.model.teacher_path = teacher_path
+    test_cfg.load_from = stage1_ckpt
+    tested = build_runner(test_cfg).test()
+    assert tested['psnr'] == metrics['psnr']
+    loaded = load_tokenizer(osp.join(CONFIGS, STAGE1), stage1_ckpt,
+                            cfg_options={'model.teacher_path': teacher_path})
+    assert torch.equal(detokenize(loaded, codes.new_zeros(2, 8, 2)),
+                       detokenize(runner.model, codes.new_zeros(2, 8, 2)))
     stage1 = torch.load(stage1_ckpt, map_location='cpu')['state_dict']
 
     # stage 2 starts from stage 1 by config

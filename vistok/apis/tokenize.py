@@ -20,6 +20,7 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.utils import import_modules_from_strings
 
+from vistok.models.frozen import init_inference_weights
 from vistok.registry import MODELS
 from vistok.utils.checkpoint import CheckpointLoadError, load_checkpoint_file
 
@@ -77,9 +78,11 @@ def load_tokenizer(config: Union[str, Config],
     if it keeps one (:func:`tokenize` / :func:`detokenize` choose between
     the two); for the weights of mmengine's ``EMAHook``, export them with
     ``tools/model_converters/export_safetensors.py --ema`` and pass that
-    file. Frozen networks kept as non-persistent buffers (e.g. an LPIPS
-    trunk of the loss) are not in checkpoints and are not loaded here:
-    encoding and decoding must not need them.
+    file. Frozen networks kept as non-persistent buffers are not in
+    checkpoints: those that encoding or decoding needs (e.g. the teacher
+    that renders a TiTok stage-1 model's codes) are filled from their files
+    by the model's ``init_inference_weights()``, when it has one; the
+    others (e.g. an LPIPS trunk of the loss) are not loaded.
     """
     cfg = (copy.deepcopy(config)
            if isinstance(config, Config) else Config.fromfile(config))
@@ -88,6 +91,7 @@ def load_tokenizer(config: Union[str, Config],
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg.custom_imports)
     model = MODELS.build(cfg.model)
+    init_inference_weights(model)
     if checkpoint is not None:
         state = load_weights(checkpoint)
         try:

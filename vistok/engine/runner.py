@@ -11,6 +11,9 @@ What differs from ``mmengine.runner.Runner`` (0.10.7):
   (:func:`vistok.utils.checkpoint.to_safe`), adds the python / numpy / torch
   RNG states, and writes atomically. Checkpoints are loaded with
   ``weights_only=True`` (see :mod:`vistok.utils.mmengine_compat`).
+* ``val`` / ``test`` of a loaded model first fill the frozen parts
+  inference needs (e.g. a TiTok stage-1 teacher), which checkpoints do not
+  hold (:func:`vistok.models.frozen.init_inference_weights`).
 * ``load_or_resume`` with ``resume=True`` and no path ("``--resume auto``")
   tries the work dir's checkpoints newest first and falls back past any that
   cannot be loaded; it never starts from scratch over existing checkpoints.
@@ -36,6 +39,7 @@ from mmengine.runner.checkpoint import save_checkpoint, weights_to_cpu
 from mmengine.utils import apply_to
 
 import vistok
+from vistok.models.frozen import init_inference_weights
 from vistok.registry import MODEL_WRAPPERS, RUNNERS
 from vistok.utils.checkpoint import (CheckpointLoadError,
                                      save_checkpoint_atomic, to_safe)
@@ -109,6 +113,18 @@ class VistokRunner(Runner):
         return MODEL_WRAPPERS.build(
             cfg, default_args=dict(module=model.to(get_device()),
                                    device_ids=None))
+
+    def val(self) -> dict:
+        """Validate a loaded model (see :meth:`test`)."""
+        init_inference_weights(self.model)
+        return super().val()
+
+    def test(self) -> dict:
+        """Test a loaded model: the frozen parts inference needs (not in
+        checkpoints) are filled from their files first
+        (:func:`vistok.models.frozen.init_inference_weights`)."""
+        init_inference_weights(self.model)
+        return super().test()
 
     @master_only
     def save_checkpoint(self, out_dir, filename, file_client_args=None,

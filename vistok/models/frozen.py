@@ -16,6 +16,7 @@ from typing import Dict
 
 import torch
 import torch.nn as nn
+from mmengine.model import is_model_wrapper
 
 
 def freeze_as_buffers(module: nn.Module) -> nn.Module:
@@ -68,3 +69,15 @@ def load_frozen_weights(module: nn.Module, state_dict: Dict[str,
                              f'{tuple(value.shape)}, expected '
                              f'{tuple(tensor.shape)}')
         tensor.copy_(value)
+
+
+def init_inference_weights(model: nn.Module) -> None:
+    """Fill the frozen parts ``model`` (or the model inside a wrapper) needs
+    at inference from their files, through its ``init_inference_weights()``
+    if it has one: checkpoints do not hold frozen parts (non-persistent
+    buffers), so a model loaded from a checkpoint for testing or
+    tokenizing calls this first."""
+    if is_model_wrapper(model):
+        model = model.module
+    if callable(getattr(model, 'init_inference_weights', None)):
+        model.init_inference_weights()

@@ -252,17 +252,23 @@ class TiTokTokenizer(AutoencoderTokenizer):
         """Stage 1: proxy logits, trained against the teacher's codes."""
         return self.head_type == 'proxy' and self.pixel_decoder is None
 
-    def init_weights(self) -> None:
-        """Initialise the trained parts, fill the frozen teacher from
-        ``teacher_path`` (``MissingWeightsError`` naming
-        ``model.teacher_path`` when it is missing), then apply
-        ``pretrained`` in order."""
-        super().init_weights()
+    def init_inference_weights(self) -> None:
+        """Fill the frozen teacher (stage 1 renders images with it) from
+        ``teacher_path``; ``MissingWeightsError`` naming
+        ``model.teacher_path`` when the file is missing. Checkpoints do not
+        hold it: ``load_tokenizer`` and testing call this."""
         if self.teacher is not None:
             state = load_state_dict_file(self.teacher_path,
                                          'model.teacher_path',
                                          TEACHER_HOW_TO_GET)
             load_frozen_weights(self.teacher, state, self.teacher_path)
+
+    def init_weights(self) -> None:
+        """Initialise the trained parts, fill the teacher
+        (:meth:`init_inference_weights`), then apply ``pretrained`` in
+        order."""
+        super().init_weights()
+        self.init_inference_weights()
         for name, kwargs in self.pretrained.items():
             key = '.'.join(filter(None, ('model.pretrained', name,
                                          'checkpoint')))
