@@ -4,7 +4,10 @@
 # masking, label smoothing 0.1, weight 0.1 on unmasked tokens, class dropout
 # 0.1, AdamW lr 2e-4 (0.9, 0.96) wd 0.03, 500k steps at global batch 2048;
 # sampling: 64 steps, Gumbel temperature 2.8, cfg 6.9 power-cosine.
-# TiTok reports gFID 1.97 for S-128.
+# TiTok reports gFID 1.97 for S-128. Sampling here is MaskGIT's
+# (log-probability confidence); TiTok's own is sampling_mode='titok' (its cfg
+# s is vistok's guidance_scale 1 + s), but its power-cosine decay for the
+# U-ViT was not verified here, so this config keeps MaskGIT's sampler.
 _base_ = [
     '../_base_/datasets/imagenet_tokens.py',
     '../_base_/schedules/adamw_generator.py',

@@ -27,11 +27,15 @@ model = dict(
     token_shape=(32, depth),
     mask_schedule='arccos',
     steps=8,
+    # TiTok's sampling: Gumbel-max tokens and raw-logit confidence at a
+    # temperature annealed from 9.5; its cfg 4.5 (l_c + 4.5 (l_c - l_u))
+    # with linear decay is vistok's guidance_scale 5.5, 'linear'
+    sampling_mode='titok',
     choice_temperature=9.5,
     label_smoothing=0.1,
     unmasked_weight=0.1,
     class_dropout_prob=0.1,
-    sampler=dict(type='TokenSampler', temperature=1.0, guidance_scale=4.5,
+    sampler=dict(type='TokenSampler', temperature=1.0, guidance_scale=5.5,
                  guidance_schedule='linear'),
 )
 train_dataloader = dict(batch_size=64, dataset=dict(data_root=token_root))

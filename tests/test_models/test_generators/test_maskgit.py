@@ -6,7 +6,7 @@ import pytest
 import torch
 from mmengine.optim import OptimWrapper
 
-from vistok.models.generators.maskgit import (MaskGITGenerator,
+from vistok.models.generators.maskgit import (MaskGITGenerator, gumbel_noise,
                                               mask_schedule)
 from vistok.models.generators.sampling import TokenSampler
 from vistok.registry import MODELS
@@ -182,3 +182,70 @@ def test_bad_inputs_raise_clear_errors():
         model.generate(torch.tensor([0]), steps=0)
     with pytest.raises(ValueError, match=r"misses \['ffn_dim'\]"):
         MaskGITGenerator(arch=dict(dim=32, depth=2, num_heads=4))
+
+
+def test_gumbel_noise_is_standard_gumbel():
+    noise = gumbel_noise((200_000, ), 'cpu', torch.Generator().manual_seed(0))
+    assert torch.isfinite(noise).all()
+    euler_gamma = 0.5772156649
+    assert abs(noise.mean().item() - euler_gamma) < 0.01
+    assert abs(noise.var().item() - math.pi**2 / 6) < 0.03
+
+
+@torch.no_grad()
+def greedy_reference(model, labels, steps, confidence='logit'):
+    """Decoding at temperature 0, written out: each step takes the argmax
+    of every masked position, scores it by its raw logit (TiTok) or its
+    log-probability (MaskGIT) (decoded positions: +inf) and re-masks the
+    ``n`` lowest scores, ``n = floor(N · arccos((t+1)/T) / (π/2))`` clipped
+    to [1, #masked - 1]."""
+    num = model.num_tokens
+    ids = torch.full((len(labels), num), model.mask_id)
+    for t in range(steps):
+        logits = model._network(ids, labels)
+        masked = ids == model.mask_id
+        best = logits.argmax(-1)
+        sampled = torch.where(masked, best, ids)
+        if t + 1 < steps:
+            if confidence == 'log_prob':
+                logits = logits.log_softmax(-1)
+            score = logits.gather(-1, best[..., None])[..., 0]
+            score = score.masked_fill(~masked, float('inf'))
+            n = math.floor(num * math.acos((t + 1) / steps) / (math.pi / 2))
+            for b in range(len(labels)):
+                k = max(1, min(n, int(masked[b].sum()) - 1))
+                sampled[b, score[b].argsort()[:k]] = model.mask_id
+        ids = sampled
+    return ids.view(len(labels), *model.token_shape)
+
+
+def test_titok_sampling_mode():
+    """Greedy decoding equals the written-out reference with MaskGIT's
+    log-probability confidence and with ``sampling_mode='titok'``'s raw
+    logit (the two differ); TiTok's Gumbel-max tokens at the annealed
+    temperature are reproducible from a seed."""
+    model = tiny_model(mask_schedule='arccos', steps=4,
+                       sampling_mode='titok', choice_temperature=0.0).eval()
+    labels = torch.tensor([0, 3, 5])
+    greedy = model.generate(labels)
+    assert torch.equal(greedy, greedy_reference(model, labels, 4))
+    maskgit = tiny_model(mask_schedule='arccos', steps=4,
+                         choice_temperature=0.0,
+                         sampler=dict(type='TokenSampler',
+                                      temperature=0.0)).eval()
+    maskgit_greedy = maskgit.generate(labels)
+    assert torch.equal(maskgit_greedy,
+                       greedy_reference(maskgit, labels, 4, 'log_prob'))
+    assert not torch.equal(maskgit_greedy, greedy)
+
+    model.choice_temperature = 9.5
+    model.softmax_temperature_annealing = True
+    first = model.generate(labels, generator=torch.Generator().manual_seed(1))
+    again = model.generate(labels, generator=torch.Generator().manual_seed(1))
+    other = model.generate(labels, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert int(first.min()) >= 0 and int(first.max()) < model.vocab_size
+    with pytest.raises(ValueError, match='sampling_mode'):
+        tiny_model(sampling_mode='muse')
+    with pytest.raises(ValueError, match='softmax_temperature_annealing'):
+        tiny_model(softmax_temperature_annealing=True)

@@ -14,6 +14,7 @@ from vistok.models.backbones.transformer import TransformerBlock
 from vistok.registry import MODELS
 
 MASK_SCHEDULES = ('cosine', 'arccos', 'linear')
+SAMPLING_MODES = ('maskgit', 'titok')
 
 
 def mask_schedule(ratio: Union[float, torch.Tensor], schedule: str = 'cosine'
@@ -45,7 +46,7 @@ def gumbel_noise(shape: torch.Size, device: torch.device,
     """Standard Gumbel noise ``-log(-log u)``, ``u ~ U[0, 1)`` clamped at
     ``eps``."""
     u = torch.rand(shape, device=device, generator=generator)
-    return -torch.log(-torch.log(u.clamp_min(eps)).clamp_min(eps))
+    return -torch.log((-torch.log(u.clamp_min(eps))).clamp_min(eps))
 
 
 @MODELS.register_module()
@@ -67,9 +68,17 @@ class MaskGITGenerator(BaseGenerator):
     token + ``choice_temperature · (1 - (t+1)/T)`` · Gumbel noise (decoded
     tokens: +∞); re-mask the ``n = floor(N · γ((t+1)/T))`` least confident,
     with ``1 ≤ n ≤ (#masked - 1)``; the last step keeps every sampled token.
-    (TiTok's sampler differs in two details: its confidence is the raw
-    logit of the sampled token, and it samples tokens at the annealed
-    temperature too; here token sampling is the sampler's.)
+    That is ``sampling_mode='maskgit'``. ``sampling_mode='titok'`` is
+    TiTok's variant (``ImageBert.generate``): with ``τ_t = choice_temperature
+    · (1 - (t+1)/T)``, tokens are ``argmax(ℓ + τ_t · g)`` (Gumbel-max
+    sampling at the annealed temperature, greedy at the last step; the
+    sampler's temperature / top-k / top-p are not used, its guidance is) and
+    the confidence is the sampled token's raw guided logit ``+ τ_t · g'``
+    (fresh noise); with ``softmax_temperature_annealing`` the logits are
+    first divided by ``0.5 + 0.8 · (1 - (t+1)/T)``. TiTok's guidance
+    ``ℓ_c + s_T (ℓ_c - ℓ_u)`` is vistok's ``guidance_scale = 1 + s_T``;
+    its linear decay (``s_T · t / T`` at step ``t``) is the ``'linear'``
+    schedule with that scale.
 
     Networks: ``long_skip=False`` — ``depth`` pre-LN ViT blocks (GELU MLP);
     ``long_skip=True`` — U-ViT (Bao et al. 2023, §3.1): ``depth / 2`` in
@@ -120,8 +129,12 @@ class MaskGITGenerator(BaseGenerator):
         mask_schedule: ``γ`` for training and decoding, one of
             :data:`MASK_SCHEDULES`.
         steps: decoding iterations ``T``.
-        choice_temperature: Gumbel temperature of the confidence at the
-            first step (annealed linearly to 0).
+        choice_temperature: Gumbel temperature of the confidence (and, in
+            ``'titok'`` mode, of the token sampling) at the first step
+            (annealed linearly to 0).
+        sampling_mode: ``'maskgit'`` or ``'titok'`` (see above).
+        softmax_temperature_annealing: ``'titok'`` mode's logit
+            temperature ``0.5 + 0.8 · (1 - (t+1)/T)``.
         label_smoothing: of the cross-entropy.
         unmasked_weight: loss weight of the unmasked positions.
         dropout: dropout on embeddings and block outputs.
@@ -149,6 +162,8 @@ class MaskGITGenerator(BaseGenerator):
                  mask_schedule: str = 'cosine',
                  steps: int = 8,
                  choice_temperature: float = 4.5,
+                 sampling_mode: str = 'maskgit',
+                 softmax_temperature_annealing: bool = False,
                  label_smoothing: float = 0.1,
                  unmasked_weight: float = 0.0,
                  dropout: float = 0.1,
@@ -168,6 +183,12 @@ class MaskGITGenerator(BaseGenerator):
                              f' got {mask_schedule!r}')
         if steps < 1:
             raise ValueError(f'steps must be >= 1, got {steps}')
+        if sampling_mode not in SAMPLING_MODES:
+            raise ValueError(f'sampling_mode must be one of '
+                             f'{SAMPLING_MODES}, got {sampling_mode!r}')
+        if softmax_temperature_annealing and sampling_mode != 'titok':
+            raise ValueError("softmax_temperature_annealing needs "
+                             "sampling_mode='titok'")
         dim, depth = arch['dim'], arch['depth']
         long_skip = arch.get('long_skip', False)
         if long_skip and depth % 2:
@@ -193,6 +214,8 @@ class MaskGITGenerator(BaseGenerator):
         self.schedule = mask_schedule
         self.steps = steps
         self.choice_temperature = choice_temperature
+        self.sampling_mode = sampling_mode
+        self.softmax_temperature_annealing = softmax_temperature_annealing
         self.label_smoothing = label_smoothing
         self.unmasked_weight = unmasked_weight
         self.init_std = init_std
@@ -383,16 +406,23 @@ class MaskGITGenerator(BaseGenerator):
                                    batch_labels)
             logits = self.guided(logits, sampler, t / steps).float()
             masked = ids == self.mask_id
-            sampled = torch.where(masked, sampler.sample(logits, generator),
-                                  ids)
+            ratio = (t + 1) / steps
+            temperature = choice_temperature * (1 - ratio)
+            if self.sampling_mode == 'titok':
+                if self.softmax_temperature_annealing:
+                    logits = logits / (0.5 + 0.8 * (1 - ratio))
+                drawn = (logits + temperature * gumbel_noise(
+                    logits.shape, logits.device, generator)).argmax(-1)
+                score = logits.gather(-1, drawn[..., None])[..., 0]
+            else:
+                drawn = sampler.sample(logits, generator)
+                score = logits.log_softmax(-1).gather(
+                    -1, drawn[..., None])[..., 0]
+            sampled = torch.where(masked, drawn, ids)
             if t + 1 < steps:
-                ratio = (t + 1) / steps
-                log_p = logits.log_softmax(-1).gather(
-                    -1, sampled[..., None])[..., 0]
-                confidence = log_p.masked_fill(~masked, float('inf'))
-                confidence = confidence + choice_temperature * (
-                    1 - ratio) * gumbel_noise(confidence.shape,
-                                              confidence.device, generator)
+                confidence = score.masked_fill(~masked, float('inf'))
+                confidence = confidence + temperature * gumbel_noise(
+                    confidence.shape, confidence.device, generator)
                 n = math.floor(self.num_tokens *
                                mask_schedule(ratio, self.schedule))
                 n = (masked.sum(-1, keepdim=True) - 1).clamp(max=n).clamp(
