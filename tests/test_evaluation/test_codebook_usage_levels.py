@@ -193,3 +193,22 @@ def test_codebook_usage_rejects_inconsistent_levels():
                                  {'depth0.': (torch.tensor([7]), 4)})])
     with pytest.raises(ValueError, match=r"level_codebook_sizes\['depth0.'\]"):
         metric.evaluate(size=1)
+
+
+def test_codebook_usage_entropy_in_bits():
+    """``log_base=2`` reports the entropies in bits (TiTok's evaluator);
+    usage and perplexity do not depend on the base."""
+    samples = random_samples(6)
+    results = []
+    for log_base in (None, 2):
+        metric = CodebookUsage(log_base=log_base)
+        metric.process(None, samples)
+        results.append(metric.evaluate(size=len(samples)))
+    nats, bits = results
+    assert set(nats) == set(bits)
+    for key in nats:
+        expected_value = nats[key] / math.log(2) if key.endswith(
+            'entropy') else nats[key]
+        assert bits[key] == pytest.approx(expected_value, rel=1e-6), key
+    with pytest.raises(ValueError, match='log_base'):
+        CodebookUsage(log_base=1)

@@ -1,5 +1,6 @@
 """Codebook usage of the tokens over an evaluation set, jointly and per
 quantizer level."""
+import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -51,8 +52,9 @@ class CodebookUsage(BaseMetric):
     :func:`~vistok.models.quantizers.base.usage_stats`:
 
     * ``usage``: fraction of the ``K`` codes used at least once;
-    * ``entropy``: ``H = -Σ p log p`` with ``p = n / Σ n`` (natural log);
-    * ``perplexity``: ``exp(H)``.
+    * ``entropy``: ``H = -Σ p log p`` with ``p = n / Σ n``, in nats, or in
+      bits with ``log_base=2`` (what TiTok's evaluator reports);
+    * ``perplexity``: ``exp(H_nats)`` (the same in every base).
 
     These come for the joint vocabulary from each sample's ``tokens``
     (integer tensor of any shape) and metainfo ``codebook_size`` ``K``, and,
@@ -66,13 +68,19 @@ class CodebookUsage(BaseMetric):
     (dropped) token ids are ignored.
 
     Args:
+        log_base: base of the reported entropy's logarithm (``None``: e).
         collect_device, prefix: see ``mmengine.evaluator.BaseMetric``.
     """
 
     def __init__(self,
+                 log_base: Optional[float] = None,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
+        if log_base is not None and not (log_base > 0 and log_base != 1):
+            raise ValueError(f'log_base must be positive and not 1, got '
+                             f'{log_base!r}')
+        self.log_base = log_base
 
     def process(self, data_batch, data_samples: Sequence[Mapping]) -> None:
         for sample in data_samples:
@@ -110,6 +118,9 @@ class CodebookUsage(BaseMetric):
         metrics = {}
         for name, histogram in histograms.items():
             stats = usage_stats(histogram, prefix=name)
+            if self.log_base is not None:
+                stats[name + 'entropy'] = stats[name + 'entropy'] / math.log(
+                    self.log_base)
             metrics.update({name + key: stats[name + key].item()
                             for key in REPORTED})
         return metrics

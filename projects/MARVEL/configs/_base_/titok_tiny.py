@@ -39,6 +39,6 @@ default_hooks = dict(checkpoint=dict(interval=100))
 custom_hooks = [dict(type='CodebookUsageHook', interval=50)]
 # PSNR of the teacher's rendering of the argmax proxy codes; codebook usage
 # per depth ('depth0.usage', ...) and pooled over the depths ('usage', what
-# the official evaluator reports)
-val_evaluator = [dict(type='PSNR'), dict(type='CodebookUsage')]
+# the official evaluator reports), entropies in bits as there
+val_evaluator = [dict(type='PSNR'), dict(type='CodebookUsage', log_base=2)]
 test_evaluator = val_evaluator
