@@ -79,7 +79,8 @@ def tiny_titok(head='proxy',
                teacher_path=None,
                num_proxy_codes=16,
                pixel_range=None,
-               quantizer=None):
+               quantizer=None,
+               **extra):
     vit = dict(size=None,
                width=32,
                depth=1,
@@ -102,7 +103,8 @@ def tiny_titok(head='proxy',
                           teacher_path=teacher_path,
                           num_proxy_codes=num_proxy_codes,
                           is_legacy=is_legacy,
-                          pixel_range=pixel_range)
+                          pixel_range=pixel_range,
+                          **extra)
 
 
 @pytest.mark.parametrize('head', ['proxy', 'pixel'])
@@ -274,3 +276,61 @@ def test_maskgit_samples_on_marvel_tokens_decode_to_images():
     assert torch.equal(samples, again) and not torch.equal(samples, other)
     assert pixels.shape == (3, 3, IMAGE, IMAGE)
     assert torch.isfinite(pixels).all()
+
+
+def test_imagenet_stage2_configs_load_their_pretrained_files(tmp_path):
+    """The ``model.pretrained`` entries of the TiTok-L-32 and MARVEL-L-32*2
+    stage-2 configs, applied to tiny models: TiTok stage 2 = stage 1 +
+    pixel parts from the MaskGIT-VQGAN file; MARVEL stage 2 = MARVEL stage
+    1 + pixel parts of a (converted) TiTok stage-2 checkpoint."""
+    def entries(name, files):
+        cfg = Config.fromfile(osp.join(CONFIGS, name)).model.pretrained
+        return {key: dict(value, checkpoint=files[key])
+                for key, value in cfg.items()}
+
+    def trained(model):
+        """``model`` with weights unlike any fresh initialisation."""
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param))
+        return model
+
+    def save(model, name):
+        path = str(tmp_path / f'{name}.pth')
+        torch.save({'state_dict': model.state_dict()}, path)
+        return path
+
+    rlfq = dict(type='ResidualQuantizer', depth=2, depth_scales='pow2',
+                quantizer=dict(type='LookupFreeQuantizer', codebook_bits=12))
+    stage2 = dict(pixel_decoder=tiny_teacher_cfg(),
+                  frozen_parts=('encoder', 'quantizer'), ema=dict(decay=0.9))
+    teacher = build(tiny_teacher_cfg())
+    titok1 = trained(tiny_titok(ema=dict(decay=0.9)))
+    titok2 = tiny_titok(**stage2)
+    titok2.pretrained = entries(
+        'titok_vq-4k_l32-stage2_8xb32-500k_in1k-256.py',
+        dict(stage1=save(titok1, 'titok1'), pixel_parts=save(teacher, 't')))
+    titok2.init_weights()
+    state = titok2.state_dict()
+    for key, value in titok1.state_dict().items():
+        if not key.startswith('ema.'):
+            assert torch.equal(state[key], value), key
+    for key, value in teacher.decoder.state_dict().items():
+        assert torch.equal(state[f'pixel_decoder.{key}'], value), key
+    assert torch.equal(state['pixel_codebook.weight'],
+                       teacher.quantizer.codebook)
+
+    marvel1 = trained(tiny_titok(quantizer=rlfq, ema=dict(decay=0.9)))
+    marvel2 = tiny_titok(quantizer=rlfq, **stage2)
+    marvel2.pretrained = entries(
+        'marvel_rlfq-4k-x2_l32-stage2_8xb32-500k_in1k-256.py',
+        dict(stage1=save(marvel1, 'marvel1'),
+             pixel_parts=save(titok2, 'titok2')))
+    marvel2.init_weights()
+    state = marvel2.state_dict()
+    for key, value in marvel1.state_dict().items():
+        if not key.startswith('ema.'):
+            assert torch.equal(state[key], value), key
+    for key, value in titok2.state_dict().items():
+        if key.startswith('pixel_'):
+            assert torch.equal(state[key], value), key

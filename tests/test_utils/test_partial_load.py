@@ -167,3 +167,20 @@ def test_report_is_logged():
     assert (f'{total - 2} of {total} model tensors match the checkpoint\'s '
             f'{total} tensors') in text
     assert 'allowed shape mismatches' in text and 'head.bias' in text
+
+
+def test_select_loads_only_the_chosen_checkpoint_keys():
+    """``select`` takes part of a whole model's checkpoint: the other keys
+    are neither loaded nor reported unexpected, even where the model has
+    them."""
+    source, target = make_net(seed=0), make_net(seed=1)
+    before = snapshot(target)
+    report = load_pretrained(target, source.state_dict(),
+                             select=[r'head\..*'],
+                             allow_missing=[r'(?!head\.).*'])
+    state = target.state_dict()
+    for key, value in source.state_dict().items():
+        expected = value if key.startswith('head.') else before[key]
+        assert torch.equal(state[key], expected), key
+    assert report.loaded == ['head.bias', 'head.weight']
+    assert not report.unexpected

@@ -122,6 +122,7 @@ def load_pretrained(model: nn.Module,
                     allow_missing: Sequence[str] = (),
                     allow_unexpected: Sequence[str] = (),
                     allow_shape_mismatch: Sequence[str] = (),
+                    select: Optional[Sequence[str]] = None,
                     key: str = 'checkpoint',
                     how_to_get: str = DEFAULT_HOW_TO_GET,
                     logger: Union[str, object] = 'current') -> LoadReport:
@@ -143,6 +144,10 @@ def load_pretrained(model: nn.Module,
         allow_shape_mismatch: regexes of model keys whose checkpoint tensor
             may have another shape (e.g. a 1- vs 3-channel head); they keep
             their values.
+        select: regexes of the checkpoint keys to use (matched before
+            ``prefix_map``); the others are ignored, as if the file did not
+            hold them (e.g. only ``pixel_.*`` of a whole model; name the
+            model keys left alone in ``allow_missing``). ``None``: all.
         key: config key that set ``checkpoint``, named if the file is
             missing.
         how_to_get: how the user obtains the file, for that message.
@@ -162,6 +167,8 @@ def load_pretrained(model: nn.Module,
         state = load_state_dict_file(checkpoint, key, how_to_get)
     else:
         source, state = 'state dict', checkpoint
+    if select is not None:
+        state = {k: v for k, v in state.items() if _allowed(select, k)}
     try:
         _, base = convert_state_dict(
             state, prefix_rules(prefix_map), model,

@@ -14,9 +14,10 @@ model = dict(
     quantizer={{_base_.marvel_quantizer}},
     pretrained=dict(
         stage1=dict(checkpoint=stage1_checkpoint),
+        # only the pixel parts of the release
         pixel_parts=dict(_delete_=True,
                          checkpoint=titok_release,
-                         allow_missing=[r'(?!pixel_).*'],
-                         allow_unexpected=[r'(?!pixel_).*'])))
+                         select=[r'pixel_.*'],
+                         allow_missing=[r'(?!pixel_).*'])))
 optim_wrapper = dict(generator=dict(accumulative_counts=2),
                      discriminator=dict(accumulative_counts=2))

@@ -29,10 +29,9 @@ model = dict(
             prefix_map={'decoder.': 'pixel_decoder.',
                         'post_quant_conv.': 'pixel_post_quant_conv.',
                         'quantizer.codebook': 'pixel_codebook.weight'},
-            allow_missing=[r'(?!pixel_).*'],
-            allow_unexpected=[
-                r'(?!decoder\.|post_quant_conv\.|quantizer\.codebook$).*'
-            ])))
+            select=[r'decoder\..*', r'post_quant_conv\..*',
+                    r'quantizer\.codebook'],
+            allow_missing=[r'(?!pixel_).*'])))
 adam = dict(type='Adam', lr=1e-3, betas=(0.5, 0.9))
 optim_wrapper = dict(
     _delete_=True,

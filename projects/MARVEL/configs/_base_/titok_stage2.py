@@ -33,8 +33,8 @@ model = dict(
             checkpoint={{_base_.teacher_path}},
             prefix_map={'decoder.': 'pixel_decoder.',
                         'quantizer.codebook': 'pixel_codebook.weight'},
-            allow_missing=[r'(?!pixel_).*'],
-            allow_unexpected=[r'(?!decoder\.|quantizer\.codebook$).*'])))
+            select=[r'decoder\..*', r'quantizer\.codebook'],
+            allow_missing=[r'(?!pixel_).*'])))
 max_iters, warmup_iters = 500000, 5000
 adamw = dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4)
 optim_wrapper = dict(
