@@ -79,7 +79,7 @@ from numpy.lib import format as npy_format  # noqa: E402
 from vistok.apis.tokenize import (detokenize, load_tokenizer,  # noqa: E402
                                   load_weights)
 from vistok.utils.fileio import sha256_file  # noqa: E402
-from vistok.engine.dist import finalize_dist, init_dist  # noqa: E402
+from vistok.utils.dist import finalize_dist, init_dist  # noqa: E402
 from vistok.registry import MODELS  # noqa: E402
 from vistok.utils.checkpoint import (CheckpointLoadError,  # noqa: E402
                                      trust_pickled_checkpoints)

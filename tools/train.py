@@ -15,7 +15,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from vistok.apis import apply_cli_options, build_runner  # noqa: E402
-from vistok.engine.dist import finalize_dist  # noqa: E402
+from vistok.utils.dist import finalize_dist  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -78,6 +78,17 @@ class VistokRegistry(Registry):
         except RuntimeError:
             return False
 
+    def build_or_take(self, cfg, default=None):
+        """The one "build from config unless already built" rule: a module
+        (any non-dict object) is returned as is, a config dict is built, and
+        ``None`` builds ``default`` (a config; ``None`` stays ``None``).
+        Parts accept either so they can be used without a config."""
+        if cfg is None:
+            if default is None:
+                return None
+            cfg = default
+        return self.build(cfg) if isinstance(cfg, dict) else cfg
+
     def registered_names(self):
         """Names visible from this registry (its own and its parents')."""
         self.import_from_location()

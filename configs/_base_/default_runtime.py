@@ -14,7 +14,7 @@ default_hooks = dict(
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    # backend=None: NCCL with GPUs, gloo without (vistok.engine.dist)
+    # backend=None: NCCL with GPUs, gloo without (vistok.utils.dist)
     dist_cfg=dict(backend=None),
 )
 

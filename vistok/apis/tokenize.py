@@ -20,7 +20,7 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.utils import import_modules_from_strings
 
-from vistok.models.frozen import init_inference_weights
+from vistok.models.utils.frozen import init_inference_weights
 from vistok.registry import MODELS
 from vistok.utils.checkpoint import CheckpointLoadError, load_checkpoint_file
 

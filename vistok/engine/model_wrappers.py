@@ -2,7 +2,7 @@
 import torch.nn as nn
 from mmengine.model import BaseModel
 
-from vistok.models.quantizers.dist_utils import broadcast_from_rank0_
+from vistok.utils.dist import broadcast_from_rank0_
 from vistok.registry import MODEL_WRAPPERS
 
 
@@ -12,7 +12,7 @@ class GradientSyncWrapper(nn.Module):
 
     For algorithms whose ``train_step`` alternates several optimizers (a
     generator and a discriminator) and averages gradients itself with
-    :func:`vistok.engine.optimizers.update.update_params` — one DDP forward
+    :func:`vistok.models.utils.optimizer_step.update_params` — one DDP forward
     cannot serve two backward passes through different parameter sets.
     The wrapper makes every rank start from rank 0's weights and buffers and
     forwards the Runner's calls. Such models declare

@@ -3,7 +3,7 @@ distributed training.
 
 What differs from ``mmengine.runner.Runner`` (0.10.7):
 
-* ``setup_env`` creates the process group with :func:`vistok.engine.dist.
+* ``setup_env`` creates the process group with :func:`vistok.utils.dist.
   init_dist` (gloo on machines without GPUs) before mmengine would.
 * ``wrap_model`` builds DDP with ``device_ids=None`` on CPU (mmengine passes
   ``[LOCAL_RANK]``, which DDP rejects for CPU modules).
@@ -13,7 +13,7 @@ What differs from ``mmengine.runner.Runner`` (0.10.7):
   ``weights_only=True`` (see :mod:`vistok.utils.mmengine_compat`).
 * ``val`` / ``test`` of a loaded model first fill the frozen parts
   inference needs (e.g. a TiTok stage-1 teacher), which checkpoints do not
-  hold (:func:`vistok.models.frozen.init_inference_weights`).
+  hold (:func:`vistok.models.utils.frozen.init_inference_weights`).
 * ``load_or_resume`` with ``resume=True`` and no path ("``--resume auto``")
   tries the work dir's checkpoints newest first and falls back past any that
   cannot be loaded; it never starts from scratch over existing checkpoints.
@@ -39,12 +39,12 @@ from mmengine.runner.checkpoint import save_checkpoint, weights_to_cpu
 from mmengine.utils import apply_to
 
 import vistok
-from vistok.models.frozen import init_inference_weights
+from vistok.models.utils.frozen import init_inference_weights
 from vistok.registry import MODEL_WRAPPERS, RUNNERS
 from vistok.utils.checkpoint import (CheckpointLoadError,
                                      save_checkpoint_atomic, to_safe)
 from vistok.utils.rng import get_rng_state
-from .dist import init_dist
+from vistok.utils.dist import init_dist
 
 _CKPT_NUMBER = re.compile(r'(?:iter|epoch)_(\d+)\.pth$')
 
@@ -122,7 +122,7 @@ class VistokRunner(Runner):
     def test(self) -> dict:
         """Test a loaded model: the frozen parts inference needs (not in
         checkpoints) are filled from their files first
-        (:func:`vistok.models.frozen.init_inference_weights`)."""
+        (:func:`vistok.models.utils.frozen.init_inference_weights`)."""
         init_inference_weights(self.model)
         return super().test()
 

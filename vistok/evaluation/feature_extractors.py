@@ -16,7 +16,7 @@ Every extractor has one interface:
   early when the file is missing.
 
 Pretrained networks are frozen
-(:func:`vistok.models.frozen.freeze_as_buffers`): always in eval mode, no
+(:func:`vistok.models.utils.frozen.freeze_as_buffers`): always in eval mode, no
 parameters, nothing in ``state_dict()``.
 """
 import math
@@ -30,7 +30,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     BasicConv2d, FeatureExtractorInceptionV3, InceptionA, InceptionB,
     InceptionC, InceptionD, InceptionE_1, InceptionE_2)
 
-from vistok.models.frozen import freeze_as_buffers, load_frozen_weights
+from vistok.models.utils.frozen import freeze_as_buffers, load_frozen_weights
 from vistok.registry import FEATURE_EXTRACTORS
 from vistok.utils.fileio import sha256_file
 from vistok.utils.weights import load_state_dict_file, require_file

@@ -13,7 +13,7 @@ objects vistok's runner stores as plain tensors (see that module).
 
 The other mmengine breakages are handled where they occur: CPU distributed
 set-up in
-:mod:`vistok.engine.dist`, bf16 autocast on CPU in
+:mod:`vistok.utils.dist`, bf16 autocast on CPU in
 :mod:`vistok.engine.optimizers`.
 """
 import importlib.metadata

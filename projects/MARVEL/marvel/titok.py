@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModel
 
-from vistok.models.frozen import freeze_as_buffers, load_frozen_weights
+from vistok.models.utils.frozen import freeze_as_buffers, load_frozen_weights
 from vistok.models.heads.pixel import PixelHead
 from vistok.models.heads.token_logit import TokenLogitHead
 from vistok.models.tokenizers.autoencoder import (DEFAULT_DATA_PREPROCESSOR,

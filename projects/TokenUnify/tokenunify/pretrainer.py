@@ -47,8 +47,7 @@ import torch.nn as nn
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
 
-from vistok.engine.optimizers.update import NonFiniteGuard, update_params
-from vistok.models.data_preprocessors import build_data_preprocessor
+from vistok.models.utils.optimizer_step import NonFiniteGuard, update_params
 from vistok.registry import BACKBONES, METRICS, MODELS
 from vistok.structures import DataSample
 from .tokens import (FILL_MODES, check_ratio_range, draw_prefix_lengths,
@@ -250,11 +249,10 @@ class TokenUnifyPretrainer(BaseModel):
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(
-            data_preprocessor=build_data_preprocessor(
-                data_preprocessor, 'VolumeDataPreprocessor'),
+            data_preprocessor=MODELS.build_or_take(
+                data_preprocessor, dict(type='VolumeDataPreprocessor')),
             init_cfg=init_cfg)
-        self.backbone = (backbone if isinstance(backbone, nn.Module) else
-                         BACKBONES.build(backbone))
+        self.backbone = BACKBONES.build_or_take(backbone)
         unknown = set(tasks) - set(TASKS)
         if not tasks or unknown:
             raise ValueError(f'tasks must be a non-empty subset of {TASKS}, '
@@ -433,7 +431,7 @@ class TokenUnifyPretrainer(BaseModel):
 
     def train_step(self, data, optim_wrapper) -> Dict[str, torch.Tensor]:
         """One update; non-finite losses are skipped and counted
-        (:class:`~vistok.engine.optimizers.update.NonFiniteGuard`)."""
+        (:class:`~vistok.models.utils.optimizer_step.NonFiniteGuard`)."""
         data = self.data_preprocessor(data, True)
         with optim_wrapper.optim_context(self):
             losses = self.loss(data['inputs'], data.get('data_samples'))

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from mmengine.logging import MessageHub
 from mmengine.optim import OptimWrapper
 
-from vistok.engine.optimizers import (MultiPartOptimWrapperConstructor,
-                                      NonFiniteLossError)
+from vistok.engine.optimizers import MultiPartOptimWrapperConstructor
+from vistok.models.utils import NonFiniteLossError
 from vistok.models.losses import (AdversarialLoss, adaptive_gan_weight,
                                   discriminator_gan_loss, generator_gan_loss,
                                   r1_penalty)

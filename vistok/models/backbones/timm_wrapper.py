@@ -21,7 +21,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from vistok.models.frozen import freeze_as_buffers, load_frozen_weights
+from vistok.models.utils.frozen import freeze_as_buffers, load_frozen_weights
 from vistok.registry import BACKBONES
 from vistok.utils.weights import load_state_dict_file
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vistok.models.frozen import freeze_as_buffers, load_frozen_weights
+from vistok.models.utils.frozen import freeze_as_buffers, load_frozen_weights
 from vistok.registry import DISCRIMINATORS
 from vistok.utils.weights import load_state_dict_file
 from .diffaug import DiffAugment, coin, randint

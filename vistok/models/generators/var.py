@@ -17,16 +17,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
-from vistok.models.frozen import freeze_as_buffers, load_frozen_weights
+from vistok.models.utils.frozen import freeze_as_buffers, load_frozen_weights
 from vistok.models.generators.base import (BaseGenerator, ClassEmbedding,
                                            SamplerCfg, token_cross_entropy)
 from vistok.models.generators.sampling import TokenSampler
 from vistok.models.backbones.transformer import KVCache, new_caches
-from vistok.models.quantizers.base import build_quantizer
 from vistok.models.quantizers.multiscale import MultiScaleResidualQuantizer
 from vistok.models.quantizers.product import (ProductQuantizer,
                                               unstack_branches)
-from vistok.registry import MODELS
+from vistok.registry import MODELS, QUANTIZERS
 from vistok.utils.weights import MissingWeightsError, load_state_dict_file
 
 #: VAR's tokenizer quantizer (4096 codes × 32 channels, scales 1..16).
@@ -265,7 +264,7 @@ class VARGenerator(BaseGenerator):
     path, so generation and training see identical inputs).
 
     **Quantizer**: built from ``quantizer`` and frozen
-    (:func:`~vistok.models.frozen.freeze_as_buffers`: not trained, not in
+    (:func:`~vistok.models.utils.frozen.freeze_as_buffers`: not trained, not in
     checkpoints); :meth:`init_weights` fills it from the tokenizer
     checkpoint ``quantizer_weights`` (tensors under ``quantizer_prefix``).
     Its config must be the tokenizer's.
@@ -339,7 +338,7 @@ class VARGenerator(BaseGenerator):
                  sampler: SamplerCfg = dict(type='TokenSampler'),
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
-        quantizer = build_quantizer(quantizer)
+        quantizer = QUANTIZERS.build_or_take(quantizer)
         branches = self._check_quantizer(quantizer, patch_nums, num_branches)
         codebook_size = branches[0].codebook_size
         if vocab_size not in (None, codebook_size):

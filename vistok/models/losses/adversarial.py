@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vistok.models.quantizers.dist_utils import all_reduce_sum_, is_distributed
+from vistok.utils.dist import all_reduce_sum_, is_distributed
 from vistok.registry import LOSSES
 
 GAN_LOSS_TYPES = ('hinge', 'non_saturating', 'vanilla')

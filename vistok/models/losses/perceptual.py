@@ -7,7 +7,7 @@
   classifier logits (TiTok / MaskGIT: MSE of ConvNeXt-S logits at 224 px) or
   on channel-normalised intermediate feature maps.
 
-Both networks are frozen (:func:`vistok.models.frozen.freeze_as_buffers`):
+Both networks are frozen (:func:`vistok.models.utils.frozen.freeze_as_buffers`):
 no parameters, nothing in the state dict, gradients flow through to ``pred``.
 Their weights are read from local files in ``init_weights()`` only, and the
 math runs in fp32 under autocast.
@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vistok.models.frozen import freeze_as_buffers, load_frozen_weights
+from vistok.models.utils.frozen import freeze_as_buffers, load_frozen_weights
 from vistok.registry import LOSSES
 from vistok.utils.weights import load_state_dict_file, require_file
 

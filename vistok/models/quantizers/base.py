@@ -154,11 +154,6 @@ def code_space_projections(in_channels: int,
 
 
 # --- helpers of the multi-level wrappers (residual, product, hierarchical) ---
-def build_quantizer(cfg: QuantizerCfg) -> nn.Module:
-    """A ``QUANTIZERS`` config built, or an already built module as is."""
-    return cfg if isinstance(cfg, nn.Module) else QUANTIZERS.build(cfg)
-
-
 def run_quantizer(quantizer: nn.Module, z: torch.Tensor,
                   **options) -> QuantizerOutput:
     """``quantizer(z, **options)`` with only the options that are not

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import (BaseQuantizer, check_latent, QuantizerCfg, build_quantizer,
+from .base import (BaseQuantizer, check_latent, QuantizerCfg,
                    merge_level_losses, merge_level_stats, run_quantizer,
                    token_levels)
 
@@ -94,7 +94,7 @@ class HierarchicalQuantizer(BaseQuantizer):
                 'give bottom_quantizer exactly when shared_codebook is False'
                 f', got shared_codebook={shared_codebook} and bottom_quantizer'
                 f'={bottom_quantizer!r}')
-        top = build_quantizer(top_quantizer)
+        top = QUANTIZERS.build_or_take(top_quantizer)
         if top.in_channels % CHILDREN:
             raise ValueError(
                 f'top_quantizer.in_channels must be {CHILDREN}·C (the '
@@ -107,7 +107,7 @@ class HierarchicalQuantizer(BaseQuantizer):
             self.bottom_in = nn.Conv2d(self.in_channels, top.in_channels, 1)
             self.bottom_out = nn.Conv2d(top.in_channels, self.in_channels, 1)
         else:
-            self.bottom = build_quantizer(bottom_quantizer)
+            self.bottom = QUANTIZERS.build_or_take(bottom_quantizer)
             if self.bottom.in_channels != self.in_channels:
                 raise ValueError(
                     f'bottom_quantizer.in_channels must be C = top_quantizer.'

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import (BaseQuantizer, QuantizerCfg, build_quantizer,
+from .base import (BaseQuantizer, QuantizerCfg,
                    merge_level_losses, merge_level_stats, run_quantizer,
                    token_levels)
 
@@ -95,15 +95,15 @@ class ProductQuantizer(BaseQuantizer):
                 raise ValueError(
                     f'num_branches={num_branches} does not match the '
                     f'{len(quantizer)} quantizer configs given')
-            branches = [build_quantizer(cfg) for cfg in quantizer]
+            branches = [QUANTIZERS.build_or_take(cfg) for cfg in quantizer]
         else:
             if not isinstance(num_branches, int) or num_branches < 1:
                 raise ValueError(f'num_branches must be a positive int with '
                                  f'one quantizer config, got {num_branches!r}')
-            first = build_quantizer(quantizer)
+            first = QUANTIZERS.build_or_take(quantizer)
             branches = [first] + [
                 copy.deepcopy(first) if isinstance(quantizer, nn.Module) else
-                build_quantizer(quantizer) for _ in range(num_branches - 1)
+                QUANTIZERS.build_or_take(quantizer) for _ in range(num_branches - 1)
             ]
         if not branches:
             raise ValueError('quantizer must hold at least one branch config')

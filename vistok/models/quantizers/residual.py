@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import (BaseQuantizer, check_latent, QuantizerCfg, build_quantizer,
+from .base import (BaseQuantizer, check_latent, QuantizerCfg,
                    merge_level_losses, merge_level_stats, run_quantizer,
                    straight_through, token_levels)
 
@@ -102,7 +102,7 @@ class ResidualQuantizer(BaseQuantizer):
             raise ValueError(f'depth_loss_reduction must be one of '
                              f'{DEPTH_LOSS_REDUCTIONS}, got '
                              f'{depth_loss_reduction!r}')
-        first = build_quantizer(quantizer)
+        first = QUANTIZERS.build_or_take(quantizer)
         super().__init__(first.in_channels)
         self.depth = depth
         self.shared_codebook = shared_codebook
@@ -115,7 +115,7 @@ class ResidualQuantizer(BaseQuantizer):
         if not shared_codebook:
             quantizers += [
                 copy.deepcopy(first) if isinstance(quantizer, nn.Module) else
-                build_quantizer(quantizer) for _ in range(depth - 1)
+                QUANTIZERS.build_or_take(quantizer) for _ in range(depth - 1)
             ]
         self.quantizers = nn.ModuleList(quantizers)
 

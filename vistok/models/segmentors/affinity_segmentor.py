@@ -9,8 +9,6 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
 
-from vistok.models.data_preprocessors import build_data_preprocessor
-from vistok.models.losses.weighted_mse import ClassBalancedMSELoss
 from vistok.registry import BACKBONES, LOSSES, MODELS, POSTPROCESSORS
 from vistok.structures import DataSample
 from vistok.utils.partial_load import load_pretrained
@@ -88,24 +86,18 @@ class AffinitySegmentor(BaseModel):
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(
-            data_preprocessor=build_data_preprocessor(
-                data_preprocessor, 'VolumeDataPreprocessor'),
+            data_preprocessor=MODELS.build_or_take(
+                data_preprocessor, dict(type='VolumeDataPreprocessor')),
             init_cfg=init_cfg)
-        self.backbone = (backbone if isinstance(backbone, nn.Module) else
-                         BACKBONES.build(backbone))
+        self.backbone = BACKBONES.build_or_take(backbone)
         out_channels = getattr(self.backbone, 'out_channels', NUM_AFFINITIES)
         if out_channels != NUM_AFFINITIES:
             raise ValueError(f'model.backbone must predict {NUM_AFFINITIES} '
                              f'affinity channels (out_channels='
                              f'{NUM_AFFINITIES}), got {out_channels}')
-        if affinity_loss is None:
-            affinity_loss = ClassBalancedMSELoss()
-        self.affinity_loss = (affinity_loss
-                              if isinstance(affinity_loss, nn.Module) else
-                              LOSSES.build(affinity_loss))
-        self.postprocessor = (POSTPROCESSORS.build(postprocessor)
-                              if isinstance(postprocessor, dict) else
-                              postprocessor)
+        self.affinity_loss = LOSSES.build_or_take(
+            affinity_loss, dict(type='ClassBalancedMSELoss'))
+        self.postprocessor = POSTPROCESSORS.build_or_take(postprocessor)
         unknown = set(inference or {}) - set(DEFAULT_INFERENCE)
         if unknown:
             raise ValueError(f'model.inference has unknown keys '

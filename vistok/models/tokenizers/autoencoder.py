@@ -10,8 +10,8 @@ from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 
-from vistok.engine.optimizers.update import NonFiniteGuard, update_params
-from vistok.models.ema import ModelEMA
+from vistok.models.utils.optimizer_step import NonFiniteGuard, update_params
+from vistok.models.utils.ema import ModelEMA
 from vistok.models.quantizers.base import flat_tokens, token_levels
 from vistok.registry import (BACKBONES, DISCRIMINATORS, LOSSES, MODELS,
                              QUANTIZERS)
@@ -90,7 +90,7 @@ class AutoencoderTokenizer(BaseModel):
         last_layer: name of the parameter the adaptive GAN weight is
             computed at (taming: the decoder's last conv).
         ema: ``dict(decay=..., interval=1, start_iter=0, use_for_val=True)``
-            keeps a :class:`~vistok.models.ema.ModelEMA` of the generator
+            keeps a :class:`~vistok.models.utils.ema.ModelEMA` of the generator
             parts inside the model; with ``use_for_val`` validation and
             testing (``predict``) run on the EMA weights.
         max_nonfinite_skips: abort once more updates than this had a

@@ -5,45 +5,18 @@ policy.
 Algorithms that alternate several optimizers (a generator and a
 discriminator) cannot run inside one ``DistributedDataParallel`` forward;
 they run unwrapped on every rank (:class:`~vistok.engine.model_wrappers.
-GradientSyncWrapper`) and average their gradients here, after the backward
+GradientSyncWrapper`) and average their gradients here
+(:func:`~vistok.utils.dist.all_reduce_gradients`), after the backward
 pass and before the step.
 """
 import logging
 from typing import Dict, Iterable, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 from mmengine.logging import print_log
 from mmengine.optim import OptimWrapper
 
-from vistok.models.quantizers.dist_utils import all_reduce_sum_, is_distributed
-
-
-@torch.no_grad()
-def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
-    """Average the gradients of ``params`` over ranks (no-op when not
-    distributed). A parameter without a gradient on some rank gets zeros
-    there if any rank has one, so every rank steps the same parameters."""
-    if not is_distributed():
-        return
-    params = [p for p in params if p.requires_grad]
-    has_grad = torch.tensor([p.grad is not None for p in params],
-                            dtype=torch.float32)
-    all_reduce_sum_(has_grad)
-    grads = []
-    for p, any_grad in zip(params, has_grad.tolist()):
-        if any_grad:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    all_reduce_sum_(flat).div_(dist.get_world_size())
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+from vistok.utils.dist import all_reduce_gradients, all_reduce_sum_
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -1,0 +1,148 @@
+"""Everything ``torch.distributed`` in vistok, on the ground floor (any layer
+may import it):
+
+* process-group set-up that also works on machines without GPUs
+  (:func:`init_dist`, :func:`finalize_dist`; used by ``tools/``). mmengine
+  0.10.7's ``init_dist`` calls ``torch.cuda.set_device`` and defaults to
+  NCCL, so ``torchrun`` on a CPU machine fails inside mmengine. vistok
+  creates the process group itself before the Runner does (the Runner then
+  sees an initialised group and skips its own set-up): NCCL with one GPU per
+  local rank when CUDA is available, gloo otherwise;
+* rank synchronisation (DESIGN §6: codebook EMA updates, k-means init and
+  dead-code restarts, LeCam statistics, gradients of algorithms with their
+  own ``train_step``). These are no-ops when no process group is
+  initialised, so a part behaves the same as a plain module and under DDP.
+  Every rank must call them in the same order (as DDP already requires of
+  the training forward).
+"""
+import datetime
+import logging
+import os
+import subprocess
+from typing import Iterable
+
+import torch
+import torch.distributed as torch_dist
+from mmengine.logging import print_log
+
+
+def _slurm_env(port=None) -> None:
+    """Translate SLURM's variables into the ones ``env://`` reads."""
+    os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
+    os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
+    os.environ.setdefault('LOCAL_RANK', os.environ.get('SLURM_LOCALID', '0'))
+    if 'MASTER_ADDR' not in os.environ:
+        node_list = os.environ['SLURM_NODELIST']
+        os.environ['MASTER_ADDR'] = subprocess.getoutput(
+            f'scontrol show hostname {node_list} | head -n1')
+    if port is not None:
+        os.environ['MASTER_PORT'] = str(port)
+    os.environ.setdefault('MASTER_PORT', '29500')
+
+
+def init_dist(launcher: str, backend=None, timeout=1800, port=None,
+              **kwargs) -> None:
+    """Initialise ``torch.distributed`` for ``launcher`` in {'pytorch',
+    'slurm'}.
+
+    Args:
+        backend: ``'nccl'``, ``'gloo'`` or ``None`` (NCCL if CUDA is
+            available, else gloo). NCCL asked for on a machine without CUDA
+            falls back to gloo with a warning.
+        timeout: seconds before a collective gives up.
+        port: master port for SLURM (else ``MASTER_PORT`` or 29500).
+    """
+    if torch_dist.is_initialized():
+        return
+    if launcher == 'slurm':
+        _slurm_env(port)
+    elif launcher != 'pytorch':
+        raise ValueError(f"launcher must be 'pytorch' or 'slurm' for "
+                         f"distributed training, got {launcher!r}")
+    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'):
+        if key not in os.environ:
+            raise RuntimeError(
+                f'launcher={launcher!r} but the environment variable {key} is '
+                'not set: start the job with tools/dist_train.sh (torchrun) '
+                'or tools/slurm_train.sh')
+    use_cuda = torch.cuda.is_available()
+    if backend is None:
+        backend = 'nccl' if use_cuda else 'gloo'
+    elif backend == 'nccl' and not use_cuda:
+        print_log('NCCL needs CUDA, which is not available: using gloo.',
+                  logger='current', level=logging.WARNING)
+        backend = 'gloo'
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ['LOCAL_RANK']))
+    torch_dist.init_process_group(
+        backend=backend,
+        rank=int(os.environ['RANK']),
+        world_size=int(os.environ['WORLD_SIZE']),
+        timeout=datetime.timedelta(seconds=timeout),
+        **kwargs)
+
+
+def finalize_dist() -> None:
+    """Wait for every rank, then destroy the process group (no-op when none
+    exists): a rank that exits while gloo threads of the others still talk
+    to it can abort the whole job at shutdown."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
+
+
+
+def is_distributed() -> bool:
+    """Whether a process group is initialised (and has more than one rank)."""
+    return (torch_dist.is_available() and torch_dist.is_initialized()
+            and torch_dist.get_world_size() > 1)
+
+
+def get_rank() -> int:
+    """This process's rank, 0 when not distributed."""
+    return torch_dist.get_rank() if is_distributed() else 0
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks, in place; returns it. Every rank ends
+    with the same values, so identical arithmetic on them keeps codebooks
+    identical."""
+    if is_distributed():
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_from_rank0_(tensor: torch.Tensor) -> torch.Tensor:
+    """Overwrite ``tensor`` on every rank with rank 0's values, in place;
+    returns it. Used for choices that involve randomness (restart vectors,
+    k-means centroids), which are made on rank 0 only."""
+    if is_distributed():
+        torch_dist.broadcast(tensor, src=0)
+    return tensor
+
+
+@torch.no_grad()
+def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over ranks (no-op when not
+    distributed). A parameter without a gradient on some rank gets zeros
+    there if any rank has one, so every rank steps the same parameters."""
+    if not is_distributed():
+        return
+    params = [p for p in params if p.requires_grad]
+    has_grad = torch.tensor([p.grad is not None for p in params],
+                            dtype=torch.float32)
+    all_reduce_sum_(has_grad)
+    grads = []
+    for p, any_grad in zip(params, has_grad.tolist()):
+        if any_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    all_reduce_sum_(flat).div_(torch_dist.get_world_size())
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
