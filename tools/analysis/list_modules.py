@@ -1,7 +1,7 @@
 """Print every type registered in vistok, per registry family.
 
     python tools/analysis/list_modules.py [--family QUANTIZERS ...]
-        [--imports projects.MARVEL.marvel ...]
+        [--imports projects.TokenUnify.tokenunify ...]
 """
 import argparse
 import importlib

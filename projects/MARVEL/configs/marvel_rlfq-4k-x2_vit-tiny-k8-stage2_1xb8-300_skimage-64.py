@@ -1,4 +1,4 @@
-# CPU demo of stage 2 (the recipe of _base_/titok_stage2.py at demo scale):
+# CPU demo of stage 2 (the recipe of configs/titok/*-stage2_*.py at demo scale):
 # the stage-1 demo's model gets a pixel decoder — softmax of the proxy logits
 # over a trainable copy of the teacher's codebook, rendered by the teacher's
 # decoder architecture, both initialised from the teacher file — and trains

@@ -11,8 +11,6 @@ _base_ = [
     '../../../../configs/_base_/default_runtime.py',
     './marvel_quantizer.py',
 ]
-custom_imports = dict(imports=['projects.MARVEL.marvel.titok'],
-                      allow_failed_imports=False)
 teacher_path = 'work_dirs/vqvae_vq-512_conv-f4_1xb8-2k_skimage-64/iter_2000.pth'
 teacher = {{_base_.model}}
 vit = dict(size=None, width=64, depth=2, num_heads=4, num_latent_tokens=8,

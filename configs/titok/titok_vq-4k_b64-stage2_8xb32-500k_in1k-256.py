@@ -1,6 +1,6 @@
 # TiTok-B-64 stage 2 (README: rFID 1.70); 204,814,095 parameters. Starts from
 # the TiTok-B-64 stage-1 checkpoint.
-_base_ = ['./_base_/titok_stage2.py']
+_base_ = ['./titok_vq-4k_l32-stage2_8xb32-500k_in1k-256.py']
 size, num_latent_tokens = 'B', 64
 stage1_checkpoint = \
     'work_dirs/titok_vq-4k_b64_8xb32-1m_in1k-256/iter_1000000.pth'
