@@ -1,9 +1,14 @@
 """VARGenerator: official parameter counts, block-causal attention, the KV
 cache against teacher forcing, guidance, seeds, parallel branch heads, the
-frozen quantizer's weights and overfitting a tiny token set."""
+frozen quantizer's weights, overfitting a tiny token set, and the network
+living in ``vistok.models.backbones`` under VAR's parameter names."""
 import pytest
 import torch
+from timm.layers import DropPath as TimmDropPath
 
+from vistok.models.backbones import (AdaLNBeforeHead, AdaLNSelfAttn, VARFFN,
+                                     VARSelfAttention)
+from vistok.models.backbones.transformer import DropPath
 from vistok.models.generators.sampling import TokenSampler
 from vistok.models.generators.var import VARGenerator
 from vistok.models.quantizers.multiscale import MultiScaleResidualQuantizer
@@ -262,3 +267,86 @@ def test_bad_inputs_name_the_shapes():
     with pytest.raises(ValueError, match='labels'):
         model.generate(torch.tensor([4 + 1]), GREEDY)
     assert isinstance(model.quantizer, MultiScaleResidualQuantizer)
+
+
+def var_state_dict_layout(depth, dim, num_positions, first_l, num_scales,
+                          latent_channels, num_classes, vocab_size,
+                          num_heads, shared_aln=False):
+    """Parameter names and shapes of VAR's released ``models/var.py`` and
+    ``models/basic_var.py`` (class table renamed, see the class docstring),
+    written out from VAR's code rather than read off the model."""
+    layout = {
+        'word_embed.weight': (dim, latent_channels),
+        'word_embed.bias': (dim, ),
+        'class_emb.embedding.weight': (num_classes + 1, dim),
+        'pos_start': (1, first_l, dim),
+        'pos_1LC': (1, num_positions, dim),
+        'lvl_embed.weight': (num_scales, dim),
+        'head_nm.ada_lin.1.weight': (2 * dim, dim),
+        'head_nm.ada_lin.1.bias': (2 * dim, ),
+        'head.weight': (vocab_size, dim),
+        'head.bias': (vocab_size, ),
+    }
+    if shared_aln:
+        layout['shared_ada_lin.1.weight'] = (6 * dim, dim)
+        layout['shared_ada_lin.1.bias'] = (6 * dim, )
+    for i in range(depth):
+        block = {
+            'attn.mat_qkv.weight': (3 * dim, dim),
+            'attn.q_bias': (dim, ),
+            'attn.v_bias': (dim, ),
+            'attn.scale_mul_1H11': (1, num_heads, 1, 1),
+            'attn.proj.weight': (dim, dim),
+            'attn.proj.bias': (dim, ),
+            'ffn.fc1.weight': (4 * dim, dim),
+            'ffn.fc1.bias': (4 * dim, ),
+            'ffn.fc2.weight': (dim, 4 * dim),
+            'ffn.fc2.bias': (dim, ),
+        }
+        if shared_aln:
+            block['ada_gss'] = (1, 1, 6, dim)
+        else:
+            block['ada_lin.1.weight'] = (6 * dim, dim)
+            block['ada_lin.1.bias'] = (6 * dim, )
+        layout.update({f'blocks.{i}.{k}': v for k, v in block.items()})
+    return layout
+
+
+@pytest.mark.parametrize('shared_aln', [False, True])
+def test_state_dict_keeps_vars_parameter_names(shared_aln):
+    """Checkpoint parity: moving the blocks to ``backbones`` kept every
+    state-dict key and shape (tiny model, 14 positions, 3 scales)."""
+    model = tiny_var(shared_aln=shared_aln)
+    layout = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert layout == var_state_dict_layout(
+        depth=2, dim=32, num_positions=14, first_l=1, num_scales=3,
+        latent_channels=4, num_classes=4, vocab_size=16, num_heads=2,
+        shared_aln=shared_aln)
+
+
+def test_network_comes_from_the_backbones():
+    """``generators/var.py`` holds the algorithm; the blocks are the
+    ``vistok.models.backbones`` classes (one copy, reusable by plugins)."""
+    model = tiny_var(drop_path_rate=0.2)
+    assert all(type(b) is AdaLNSelfAttn for b in model.blocks)
+    assert type(model.blocks[0].attn) is VARSelfAttention
+    assert type(model.blocks[0].ffn) is VARFFN
+    assert type(model.head_nm) is AdaLNBeforeHead
+    # stochastic depth 0 .. 0.2 over the blocks; vistok's one DropPath
+    assert isinstance(model.blocks[0].drop_path, torch.nn.Identity)
+    assert type(model.blocks[1].drop_path) is DropPath
+    assert model.blocks[1].drop_path.drop_prob == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize('drop_prob', [0.1, 0.3, 0.7])
+def test_drop_path_is_bit_identical_to_timms(drop_prob):
+    """VAR's released code uses timm's stochastic depth (scale the mask,
+    then multiply); vistok's DropPath must give the very same training
+    numerics from the same seed, and the identity in eval mode."""
+    x = torch.randn(64, 9, 32)
+    torch.manual_seed(0)
+    expected = TimmDropPath(drop_prob).train()(x)
+    torch.manual_seed(0)
+    ours = DropPath(drop_prob).train()(x)
+    assert torch.equal(ours, expected)
+    assert torch.equal(DropPath(drop_prob).eval()(x), x)

@@ -5,11 +5,14 @@ from .mamba import (MambaMixer, causal_conv1d, selective_scan,
                     selective_scan_reference)
 from .timm_wrapper import TimmBackbone
 from .transformer import TransformerBlock
+from .var_transformer import (AdaLNBeforeHead, AdaLNSelfAttn, VARFFN,
+                              VARSelfAttention)
 from .vit import ViTDecoder, ViTEncoder
 
 __all__ = [
     'ConvEncoder', 'ConvDecoder', 'ResBlock3d', 'GSCBlock3d', 'Downsample3d',
     'Upsample3d', 'LatentTokenEncoder', 'LatentTokenDecoder', 'MambaMixer',
     'causal_conv1d', 'selective_scan', 'selective_scan_reference',
-    'TimmBackbone', 'TransformerBlock', 'ViTEncoder', 'ViTDecoder'
+    'TimmBackbone', 'TransformerBlock', 'VARSelfAttention', 'VARFFN',
+    'AdaLNSelfAttn', 'AdaLNBeforeHead', 'ViTEncoder', 'ViTDecoder'
 ]

@@ -233,7 +233,10 @@ class DropPath(nn.Module):
     """Stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic
     Depth"): in training, zero the residual branch of a whole sample with
     probability ``drop_prob`` and scale the kept ones by
-    ``1 / (1 - drop_prob)``; the identity in eval mode."""
+    ``1 / (1 - drop_prob)``; the identity in eval mode. Bit-identical to
+    timm's ``DropPath`` with ``scale_by_keep=True`` (as in VAR's released
+    ``models/helpers.py`` and timm's ViT): the same random draw, and the
+    mask is scaled before it multiplies ``x``."""
 
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
@@ -246,7 +249,10 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.drop_prob
         mask = x.new_empty((x.shape[0], ) + (1, ) * (x.dim() - 1))
-        return x * mask.bernoulli_(keep) / keep
+        return x * mask.bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob:.3f}'
 
 
 class TransformerBlock(nn.Module):
