@@ -1,6 +1,8 @@
-"""Model converters: the key-mapping framework (vistok.utils.convert) and the
-taming VQGAN / MaskGIT-VQGAN converters on synthetic checkpoints with the
-official key names and shapes (enumerated below from taming's
+"""Model converters: the key-mapping framework (vistok.utils.convert), the
+command line (vistok.apis.convert) and the taming VQGAN / MaskGIT-VQGAN
+converters (rules in vistok.apis.converters, scripts in
+tools/model_converters) on synthetic checkpoints with the official key
+names and shapes (enumerated below from taming's
 ``taming/modules/diffusionmodules/model.py``, ``taming/models/vqgan.py``,
 ``taming/modules/discriminator/model.py``, ``taming/modules/losses/lpips.py``
 and TiTok's ``modeling/modules/maskgit_vqgan.py``)."""
@@ -14,6 +16,7 @@ from mmengine.registry import DefaultScope
 from safetensors.torch import load_file
 
 from _helpers import REPO_ROOT, load_tool
+from vistok.apis.converters import maskgit_vqgan, taming_vqgan
 from vistok.apis.tokenize import load_tokenizer
 from vistok.utils.checkpoint import CheckpointLoadError, pickle_trusted
 from vistok.utils.convert import (ConversionError, Rule, convert_for_model,
@@ -47,7 +50,6 @@ def converter(name):
 
 
 taming_tool = converter('taming_vqgan')
-maskgit_tool = converter('maskgit_vqgan')
 
 
 # --- official layouts -------------------------------------------------------
@@ -224,6 +226,20 @@ def assert_landed(official, model, report):
 
 
 # --- framework --------------------------------------------------------------
+@pytest.mark.parametrize('name', ['taming_vqgan', 'maskgit_vqgan', 'titok'])
+def test_scripts_load_and_default_to_core_configs(name):
+    tool = converter(name)
+    defaults = getattr(tool, 'DEFAULT_CONFIGS', None)
+    defaults = (list(defaults.values()) if defaults else
+                [tool.DEFAULT_CONFIG])
+    for path in defaults:
+        assert osp.isfile(path), path
+        assert osp.relpath(path, REPO_ROOT).startswith('configs' + osp.sep)
+    with pytest.raises(SystemExit) as info:
+        tool.main(['--help'])
+    assert info.value.code == 0
+
+
 def test_rules_transforms_copies_and_report():
     official = {'a.w': torch.randn(2, 3), 'b.w': torch.randn(4),
                 'junk.x': torch.zeros(1)}
@@ -275,9 +291,9 @@ def test_taming_f16_16384_converts_one_to_one():
     official = random_state(shapes)
     model = build(TAMING_F16)
     converted, report = convert_for_model(
-        official, model, taming_tool.rules_for(model),
-        allow_missing=taming_tool.ALLOW_MISSING,
-        ignore_unmapped=taming_tool.IGNORE_UNMAPPED)
+        official, model, taming_vqgan.rules_for(model),
+        allow_missing=taming_vqgan.ALLOW_MISSING,
+        ignore_unmapped=taming_vqgan.IGNORE_UNMAPPED)
     # bijection: every official tensor but LPIPS to one distinct key, and
     # every model key but the LeCam statistics from one official tensor
     lpips = {k for k in official if k.startswith('loss.perceptual_loss.')}
@@ -360,9 +376,9 @@ def test_incomplete_checkpoint_is_refused_with_the_missing_keys(
     del incomplete['decoder.conv_out.weight']
     del incomplete['encoder.mid.attn_1.q.bias']
     with pytest.raises(ConversionError) as info:
-        convert_for_model(incomplete, model, taming_tool.rules_for(model),
-                          allow_missing=taming_tool.ALLOW_MISSING,
-                          ignore_unmapped=taming_tool.IGNORE_UNMAPPED,
+        convert_for_model(incomplete, model, taming_vqgan.rules_for(model),
+                          allow_missing=taming_vqgan.ALLOW_MISSING,
+                          ignore_unmapped=taming_vqgan.IGNORE_UNMAPPED,
                           source='incomplete.ckpt')
     # the generator key and its EMA copy, nothing else
     assert info.value.report.missing == [
@@ -372,17 +388,17 @@ def test_incomplete_checkpoint_is_refused_with_the_missing_keys(
     assert 'decoder.conv_out.weight' in str(info.value)
     # without the LPIPS ignore pattern its keys are reported unmapped
     with pytest.raises(ConversionError, match='no rule maps') as info:
-        convert_for_model(official, model, taming_tool.rules_for(model),
-                          allow_missing=taming_tool.ALLOW_MISSING)
+        convert_for_model(official, model, taming_vqgan.rules_for(model),
+                          allow_missing=taming_vqgan.ALLOW_MISSING)
     assert all(k.startswith('loss.perceptual_loss.')
                for k in info.value.report.unmapped)
     # a checkpoint of another codebook size: shape mismatch named
     other = dict(official, **{'quantize.embedding.weight': torch.zeros(9, 4)})
     with pytest.raises(ConversionError, match=r'quantize.embedding.weight '
                        r'\(9, 4\) -> quantizer.codebook \(64, 4\)'):
-        convert_for_model(other, model, taming_tool.rules_for(model),
-                          allow_missing=taming_tool.ALLOW_MISSING,
-                          ignore_unmapped=taming_tool.IGNORE_UNMAPPED)
+        convert_for_model(other, model, taming_vqgan.rules_for(model),
+                          allow_missing=taming_vqgan.ALLOW_MISSING,
+                          ignore_unmapped=taming_vqgan.IGNORE_UNMAPPED)
 
 
 # --- MaskGIT-VQGAN ----------------------------------------------------------
@@ -392,8 +408,8 @@ def test_maskgit_release_converts_one_to_one():
     official = random_state(shapes, seed=2)
     model = build(MASKGIT_BASE)
     _, report = convert_for_model(official, model,
-                                  maskgit_tool.rules_for(model),
-                                  allow_missing=maskgit_tool.ALLOW_MISSING)
+                                  maskgit_vqgan.rules_for(model),
+                                  allow_missing=maskgit_vqgan.ALLOW_MISSING)
     assert set(report.mapping) == set(official)
     assert not report.allowed_missing and not report.ignored
     assert_landed(official, model, report)
@@ -404,9 +420,9 @@ def test_maskgit_release_converts_one_to_one():
 
     # the training config: EMA copies, discriminator kept at initialisation
     full = build(MASKGIT_CONFIG, device='meta')
-    _, report = convert_state_dict(official, maskgit_tool.rules_for(full),
+    _, report = convert_state_dict(official, maskgit_vqgan.rules_for(full),
                                    full,
-                                   allow_missing=maskgit_tool.ALLOW_MISSING)
+                                   allow_missing=maskgit_vqgan.ALLOW_MISSING)
     assert report.mapping['quantize.embedding.weight'] == (
         'quantizer.codebook', 'ema.quantizer.codebook')
     assert {k.split('.')[0] for k in report.allowed_missing} == {

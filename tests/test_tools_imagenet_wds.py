@@ -19,7 +19,7 @@ from PIL import Image
 
 from _helpers import REPO_ROOT, subprocess_env
 from vistok.datasets.base import build_pipeline
-from vistok.datasets.tar_index import TarShardDataset
+from vistok.datasets.tar_shards import TarShardDataset
 from vistok.datasets.transforms.loading import read_image_rgb
 from vistok.datasets.webdataset import WebDatasetShards
 from vistok.registry import DATASETS

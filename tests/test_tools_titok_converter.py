@@ -1,6 +1,7 @@
-"""tools/model_converters/titok.py: official TiTok checkpoints -> vistok's
-TiTokTokenizer, checked against an independent reference of the official
-forward pass written here from bytedance/1d-tokenizer
+"""tools/model_converters/titok.py (rules: vistok.apis.converters.titok):
+official TiTok checkpoints -> vistok's TiTokTokenizer, checked against an
+independent reference of the official forward pass written here from
+bytedance/1d-tokenizer
 (``modeling/modules/blocks.py``: ``TiTokEncoder`` / ``TiTokDecoder`` with
 ``ResidualAttentionBlock`` = ``nn.MultiheadAttention``; ``modeling/titok.py``:
 top-level ``latent_tokens``, stage-2 ``pixel_quantize`` / ``pixel_decoder``;
@@ -21,6 +22,7 @@ from mmengine.registry import DefaultScope
 from safetensors.torch import load_file, save_file
 
 from _helpers import REPO_ROOT, load_tool, subprocess_env
+from vistok.apis.converters import maskgit_vqgan, titok
 from vistok.apis.tokenize import load_tokenizer
 from vistok.utils.convert import convert_state_dict
 
@@ -38,8 +40,6 @@ VIT = dict(size=None, width=WIDTH, depth=DEPTH, num_heads=HEADS,
            num_latent_tokens=TOKENS, img_size=IMAGE, patch_size=PATCH)
 TINY_CONFIG = f"""
 default_scope = 'vistok'
-custom_imports = dict(imports=['projects.MARVEL.marvel.titok'],
-                      allow_failed_imports=False)
 conv = {CONV!r}
 vit = {VIT!r}
 pixel_tokenizer = dict(
@@ -67,12 +67,7 @@ model = dict(
 """
 
 
-def converter(name):
-    return load_tool(f'tools/model_converters/{name}.py', f'converter_{name}')
-
-
-titok_tool = converter('titok')
-maskgit_tool = converter('maskgit_vqgan')
+titok_tool = load_tool('tools/model_converters/titok.py', 'converter_titok')
 
 
 # --- the official TiTok, from the facts in the module docstring ------------
@@ -277,7 +272,7 @@ def official_checkpoint(legacy=True, stage2=True, seed=0):
     maskgit = {k[len('pixel_'):]: v for k, v in official.items()
                if k.startswith('pixel_decoder.')}
     state, _ = convert_state_dict(
-        maskgit, maskgit_tool.RULES,
+        maskgit, maskgit_vqgan.RULES,
         {f'decoder.{k}': v for k, v in pixel.state_dict().items()})
     pixel.load_state_dict(
         {k[len('decoder.'):]: v for k, v in state.items()}, strict=True)
@@ -385,7 +380,7 @@ def test_single_stage_pixel_decoder_matches(tmp_path):
     assert report.mapping['decoder.conv_out.weight'] == (
         'head.refine.weight', 'ema.head.refine.weight')
     # this checkpoint in an is_legacy=True model is refused
-    with pytest.raises(titok_tool.LayoutError, match='is_legacy=False'):
+    with pytest.raises(titok.LayoutError, match='is_legacy=False'):
         convert(official, config, tmp_path=tmp_path, name='legacy.pth',
                 cfg_options={'model.is_legacy': True})
 
@@ -395,7 +390,7 @@ def test_legacy_release_is_refused_for_a_non_legacy_model(
         tiny_config, tmp_path):
     official, ref, _ = official_checkpoint()
     non_legacy = {'model.is_legacy': False}
-    with pytest.raises(titok_tool.LayoutError, match='issue #17'):
+    with pytest.raises(titok.LayoutError, match='issue #17'):
         convert(official, tiny_config, tmp_path=tmp_path,
                 cfg_options=non_legacy)
     assert not (tmp_path / 'out.safetensors').exists()
@@ -408,7 +403,7 @@ def test_legacy_release_is_refused_for_a_non_legacy_model(
         z = ref.encode(x)[0].squeeze(2)
         assert not torch.allclose(model.encoder(x), z, atol=1e-3)
     # the released encoders see [0, 1] images
-    with pytest.raises(titok_tool.LayoutError, match='pixel_range'):
+    with pytest.raises(titok.LayoutError, match='pixel_range'):
         convert(official, tiny_config, tmp_path=tmp_path,
                 cfg_options={'model.pixel_range': None})
 
@@ -417,7 +412,7 @@ def test_stage1_target_needs_stage_1_and_incomplete_files_are_refused(
         tiny_config, tmp_path):
     official, _, _ = official_checkpoint()
     stage1 = {'model.pixel_decoder': None, 'model.frozen_parts': []}
-    with pytest.raises(titok_tool.LayoutError, match='--stage 1'):
+    with pytest.raises(titok.LayoutError, match='--stage 1'):
         convert(official, tiny_config, tmp_path=tmp_path, cfg_options=stage1)
     model, report, _ = convert(official, tiny_config, '--stage', '1',
                                tmp_path=tmp_path, cfg_options=stage1)
@@ -427,7 +422,7 @@ def test_stage1_target_needs_stage_1_and_incomplete_files_are_refused(
         for k in report.ignored)
     assert report.mapping['quantize.embedding.weight'] == (
         'quantizer.codebook', 'ema.quantizer.codebook')
-    with pytest.raises(titok_tool.LayoutError, match='stage-2 model'):
+    with pytest.raises(titok.LayoutError, match='stage-2 model'):
         convert(official, tiny_config, '--stage', '1', tmp_path=tmp_path)
     # a missing tensor (and its EMA copy) is reported, nothing written
     del official['decoder.transformer.0.attn.in_proj_bias']
@@ -476,19 +471,19 @@ def test_released_layouts_map_onto_the_stage2_configs(name):
     shapes['pixel_quantize.embedding.weight'] = (1024, 256)
     official.update({k: torch.empty(s, device='meta')
                      for k, s in shapes.items()})
-    config = osp.join(REPO_ROOT, 'projects/MARVEL/configs',
+    config = osp.join(REPO_ROOT, 'configs/titok',
                       f'titok_vq-4k_{name}-stage2_8xb32-500k_in1k-256.py')
     if name == 'l32':
         assert config == titok_tool.DEFAULT_CONFIGS[2]
-    import projects.MARVEL.marvel.titok  # noqa: F401
+    import vistok.models  # noqa: F401
     from vistok.registry import MODELS
     with DefaultScope.overwrite_default_scope('vistok'), \
             torch.device('meta'):
         model = MODELS.build(Config.fromfile(config).model)
-    assert titok_tool.check_layout(official, model) == 2
-    _, report = convert_state_dict(official, titok_tool.rules_for(model),
+    assert titok.check_layout(official, model) == 2
+    _, report = convert_state_dict(official, titok.rules_for(model),
                                    model,
-                                   allow_missing=titok_tool.ALLOW_MISSING)
+                                   allow_missing=titok.ALLOW_MISSING)
     assert set(report.mapping) == set(official)
     assert {k.split('.')[0] for k in report.allowed_missing} == {
         'discriminator', 'adversarial_loss', 'ema'}

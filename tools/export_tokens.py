@@ -27,8 +27,6 @@ Writes ``DIR/tokens-000000.tar``, ... and ``DIR/manifest.json`` (format:
   several ranks is not supported.
 """
 import argparse
-import hashlib
-import json
 import os.path as osp
 import sys
 
@@ -43,7 +41,7 @@ from vistok.datasets.samplers import SeededIndex, draw_seed  # noqa: E402
 from vistok.datasets.token_shards import (TokenShardWriter,  # noqa: E402
                                           index_dtype, split_indices)
 from vistok.registry import DATASETS  # noqa: E402
-from vistok.utils.fileio import sha256_file  # noqa: E402
+from vistok.utils.fileio import config_sha256, sha256_file  # noqa: E402
 from vistok.utils.checkpoint import trust_pickled_checkpoints  # noqa: E402
 
 try:
@@ -86,12 +84,6 @@ def parse_args(argv=None):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
     return args
-
-
-def config_sha256(cfg) -> str:
-    """sha256 of a config dict dumped as sorted JSON."""
-    text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def build_dataset(cfg: Config, data: str):

@@ -55,7 +55,6 @@ OpenAI's guided-diffusion (ADM, ``evaluations/evaluator.py``) reads.
   statistics of TensorFlow's Inception, not of a PyTorch port).
 """
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -78,7 +77,7 @@ from numpy.lib import format as npy_format  # noqa: E402
 
 from vistok.apis.tokenize import (detokenize, load_tokenizer,  # noqa: E402
                                   load_weights)
-from vistok.utils.fileio import sha256_file  # noqa: E402
+from vistok.utils.fileio import config_sha256, sha256_file  # noqa: E402
 from vistok.utils.dist import finalize_dist, init_dist  # noqa: E402
 from vistok.registry import MODELS  # noqa: E402
 from vistok.utils.checkpoint import (CheckpointLoadError,  # noqa: E402
@@ -217,12 +216,6 @@ def iter_npz_rows(path: str, name: str, rows: int) -> Iterator[np.ndarray]:
 
 
 # --- the run's identity and chunks ------------------------------------------
-def config_sha256(cfg) -> str:
-    """SHA-256 of a config dict dumped as sorted JSON."""
-    text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def chunk_labels(chunk: int, batch_size: int, num_images: int,
                  classes: List[int]) -> np.ndarray:
     """Class labels of the images of ``chunk``: ``classes[i % len]``."""

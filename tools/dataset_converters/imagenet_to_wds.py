@@ -61,7 +61,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
     osp.abspath(__file__)))))
 
 from vistok.datasets.image_folder import IMG_EXTENSIONS  # noqa: E402
-from vistok.datasets.tar_index import MANIFEST_FORMAT  # noqa: E402
+from vistok.datasets.tar_shards import MANIFEST_FORMAT  # noqa: E402
 from vistok.utils.checkpoint import write_text_atomic  # noqa: E402
 from vistok.utils.fileio import sha256_file  # noqa: E402
 

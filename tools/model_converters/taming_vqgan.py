@@ -13,25 +13,10 @@ you trust). OUT (``.safetensors`` or ``.pth``) loads with
 ``load_state_dict(strict=True)`` into CONFIG's model (default: the f16-16384
 config) and works with ``tools/test.py`` and ``vistok.apis.load_tokenizer``.
 
-Key mapping (taming ``taming/modules/diffusionmodules/model.py`` and
-``taming/models/vqgan.py``; vistok ``vistok/models/backbones/conv.py``):
-
-* ``encoder.down.{i}.downsample.conv.*`` ->
-  ``encoder.down.{i}.resample.conv.*``
-* ``decoder.up.{i}.upsample.conv.*`` -> ``decoder.up.{i}.resample.conv.*``
-* ``quantize.embedding.weight`` -> ``quantizer.codebook``
-* every other ``encoder.*``, ``decoder.*``, ``quant_conv.*``,
-  ``post_quant_conv.*`` key keeps its name (and is also copied to the
-  model's EMA copy ``ema.*`` when the config has one);
-* ``loss.discriminator.*`` (``NLayerDiscriminator``) ->
-  ``discriminator.*`` (``PatchGANDiscriminator``, same layer indices) when
-  the config has a discriminator;
-* ``loss.perceptual_loss.*`` (LPIPS) is dropped: vistok loads LPIPS from its
-  own files (``model.perceptual_loss.trunk_path``).
-
-Model keys taming has no counterpart for keep their initial values: the
-LeCam statistics ``adversarial_loss.lecam_ema_*`` and ``ema.num_updates``.
-Anything else unmapped or missing stops the conversion with a report.
+The key mapping, what is dropped (LPIPS) and what keeps its initial value
+(the LeCam statistics, ``ema.num_updates``) are documented with the rules in
+``vistok/apis/converters/taming_vqgan.py``. Anything else unmapped or
+missing stops the conversion with a report.
 """
 import os.path as osp
 import sys
@@ -39,38 +24,11 @@ import sys
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, REPO_ROOT)
 
-from vistok.utils.convert import converter_main, with_copies  # noqa: E402
+from vistok.apis.convert import converter_main  # noqa: E402
+from vistok.apis.converters import taming_vqgan  # noqa: E402
 
 DEFAULT_CONFIG = osp.join(
     REPO_ROOT, 'configs/vqgan/vqgan_vq-16k_conv-f16_8xb12-400k_in1k-256.py')
-
-#: (taming pattern, vistok replacement) of the generator (encoder,
-#: quantizer, decoder and the 1x1 convs around the quantizer)
-GENERATOR_RULES = [
-    (r'encoder\.down\.(\d+)\.downsample\.(.+)',
-     r'encoder.down.\1.resample.\2'),
-    (r'decoder\.up\.(\d+)\.upsample\.(.+)', r'decoder.up.\1.resample.\2'),
-    (r'quantize\.embedding\.weight', 'quantizer.codebook'),
-    (r'((?:encoder|decoder|quant_conv|post_quant_conv)\..+)', r'\1'),
-]
-DISCRIMINATOR_RULE = (r'loss\.discriminator\.(.+)', r'discriminator.\1')
-#: taming keys that vistok does not take from the checkpoint
-IGNORE_UNMAPPED = (r'loss\.perceptual_loss\..+', )
-#: vistok keys without a taming counterpart (they keep their initial values)
-ALLOW_MISSING = (r'adversarial_loss\.lecam_ema_(real|fake)',
-                 r'ema\.num_updates')
-
-
-def rules_for(model) -> list:
-    """The rules for ``model`` (an AutoencoderTokenizer): generator tensors
-    also go to its EMA copy when it keeps one, the discriminator rule only
-    when it has a discriminator."""
-    rules = list(GENERATOR_RULES)
-    if getattr(model, 'ema', None) is not None:
-        rules = with_copies(rules, 'ema.')
-    if getattr(model, 'discriminator', None) is not None:
-        rules.append(DISCRIMINATOR_RULE)
-    return rules
 
 
 def main(argv=None):
@@ -78,10 +36,10 @@ def main(argv=None):
         argv,
         description='Convert a taming-transformers VQGAN checkpoint to '
         'vistok.',
-        rules_for=rules_for,
+        rules_for=taming_vqgan.rules_for,
         default_config=DEFAULT_CONFIG,
-        allow_missing=ALLOW_MISSING,
-        ignore_unmapped=IGNORE_UNMAPPED)
+        allow_missing=taming_vqgan.ALLOW_MISSING,
+        ignore_unmapped=taming_vqgan.IGNORE_UNMAPPED)
 
 
 if __name__ == '__main__':

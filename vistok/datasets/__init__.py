@@ -8,7 +8,7 @@ from .image_folder import ImageFolderDataset
 from .procedural import ProceduralShapesDataset
 from .samplers import ResumableInfiniteSampler, SeededIndex
 from .skimage_photos import SkimagePhotoDataset
-from .tar_index import TarShardDataset
+from .tar_shards import TarShardDataset
 from .token_shards import TokenShardDataset
 from .webdataset import WebDatasetShards
 

@@ -22,7 +22,7 @@
 # sampler). Evaluation reads the val shards map-style (TarShardDataset)
 # under DefaultSampler, so that mmengine's collect_results returns every val
 # image exactly once for any number of ranks (see vistok/datasets/
-# tar_index.py).
+# tar_shards.py).
 _base_ = ['./imagenet_256.py']
 
 wds_root = 'data/imagenet-wds'

@@ -8,13 +8,13 @@ from skimage.metrics import variation_of_information
 
 from vistok.datasets.em.affinity import affinities_from_labels
 from vistok.evaluation.metrics.segmentation import VOI, AdaptedRandError
-from vistok.models.losses.weighted_mse import ClassBalancedMSELoss
+from vistok.models.losses.class_balanced_mse import ClassBalancedMSELoss
 from vistok.models.segmentors.affinity_segmentor import AffinitySegmentor
 from vistok.models.segmentors.sliding_window import sliding_window_inference
 from vistok.registry import BACKBONES, MODELS
 from vistok.structures import DataSample
 
-import vistok.models.segmentors.postprocess  # noqa: F401  (registers)
+import vistok.models.segmentors.watershed  # noqa: F401  (registers)
 
 
 @BACKBONES.register_module(name='TinyAffinityConvNetForTest', force=True)

@@ -1,8 +1,8 @@
 """Segmentation algorithms and post-processing."""
 from .affinity_segmentor import AffinitySegmentor
 from .multicut import Multicut
-from .postprocess import WatershedAgglomeration, WatershedFragments
 from .sliding_window import sliding_window_inference
+from .watershed import WatershedAgglomeration, WatershedFragments
 
 __all__ = [
     'AffinitySegmentor', 'Multicut', 'WatershedAgglomeration',

@@ -26,8 +26,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from vistok.registry import POSTPROCESSORS
-from .postprocess import (as_affinities, build_fragmenter, region_adjacency,
-                          to_uint32_segmentation)
+from .watershed import (as_affinities, build_fragmenter, region_adjacency,
+                        to_uint32_segmentation)
 
 SOLVERS = ('gaec', 'kernighan_lin')
 
@@ -267,7 +267,7 @@ class Multicut:
 
     Args:
         fragments: POSTPROCESSORS config (or object) producing fragments;
-            default :class:`~.postprocess.WatershedFragments` with
+            default :class:`~.watershed.WatershedFragments` with
             :data:`MULTICUT_FRAGMENTS`.
         beta: boundary bias (0.5: none).
         edge_size_weighting: scale costs by relative boundary size.

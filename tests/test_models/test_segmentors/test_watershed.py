@@ -4,13 +4,12 @@ import scipy.ndimage as ndi
 from skimage.metrics import variation_of_information
 
 from vistok.datasets.em.affinity import affinities_from_labels
-from vistok.models.segmentors.postprocess import (MEAN_SCORING,
-                                                  MEDIAN_SCORING,
-                                                  WatershedAgglomeration,
-                                                  WatershedFragments,
-                                                  agglomerate_numpy,
-                                                  parse_scoring_function,
-                                                  region_adjacency)
+from vistok.models.segmentors.watershed import (MEAN_SCORING, MEDIAN_SCORING,
+                                                WatershedAgglomeration,
+                                                WatershedFragments,
+                                                agglomerate_numpy,
+                                                parse_scoring_function,
+                                                region_adjacency)
 from vistok.registry import POSTPROCESSORS
 
 
@@ -110,9 +109,9 @@ def test_backends_agree_on_smooth_random_affinities():
 
 
 def test_auto_backend_falls_back_to_skimage(monkeypatch):
-    import vistok.models.segmentors.postprocess as postprocess
+    import vistok.models.segmentors.watershed as watershed
     assert WatershedAgglomeration().backend == 'waterz'
-    monkeypatch.setattr(postprocess, 'waterz_available', lambda: False)
+    monkeypatch.setattr(watershed, 'waterz_available', lambda: False)
     assert WatershedAgglomeration().backend == 'skimage'
     with pytest.raises(ImportError, match='waterz'):
         WatershedAgglomeration(backend='waterz')

@@ -1,0 +1,13 @@
+"""What vistok knows about official checkpoint layouts: per release, the
+key-mapping rules (see :mod:`vistok.utils.convert`), the keys to drop or
+leave at their initial values, and the checks that refuse a checkpoint the
+target model cannot use. The scripts in ``tools/model_converters/`` add the
+command line (:func:`vistok.apis.convert.converter_main`) and the default
+configs.
+
+* :mod:`.taming_vqgan`: taming-transformers ``VQModel`` -> AutoencoderTokenizer
+* :mod:`.maskgit_vqgan`: MaskGIT-VQGAN (released with TiTok) ->
+  AutoencoderTokenizer
+* :mod:`.titok`: TiTok (bytedance/1d-tokenizer) -> TiTokTokenizer; reuses
+  the MaskGIT-VQGAN decoder rules for its stage-2 pixel decoder
+"""
