@@ -41,7 +41,7 @@ class AffinitySegmentor(BaseModel):
     * ``loss``: ``affinity_loss(affinities, gt_affinity, affinity_mask)``
       with the DataSamples' ``gt_affinity`` / ``affinity_mask`` (float
       ``(3, D, H, W)``; a missing mask means all valid). Default
-      :class:`~vistok.models.losses.weighted_mse.ClassBalancedMSELoss`.
+      :class:`~vistok.models.losses.class_balanced_mse.ClassBalancedMSELoss`.
     * ``predict``: each input (a whole test volume ``(1, D, H, W)``, or a
       crop) is predicted by :func:`~.sliding_window.sliding_window_inference`
       (``inference`` settings; ``window=None`` predicts the input in one
