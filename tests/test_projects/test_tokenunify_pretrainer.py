@@ -10,10 +10,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.optim import OptimWrapper
 from mmengine.registry import DefaultScope
+from skimage.metrics import peak_signal_noise_ratio
 
 from projects.TokenUnify.tokenunify.pretrainer import (TokenUnifyPretrainer,
-                                                       TokenUnifyPSNR,
-                                                       volume_psnr)
+                                                       TokenUnifyPSNR)
 from projects.TokenUnify.tokenunify.tokens import (gather_tokens, patchify,
                                                    random_token_mask,
                                                    token_grid,
@@ -219,25 +219,44 @@ def test_learned_fill_is_trained():
 
 
 # ---------------------------------------------------------------- PSNR
-def test_volume_psnr_is_the_true_psnr_not_the_official_half():
+def metric_results(samples, **kwargs):
+    """Per-crop ``(psnr_all, psnr_masked)`` of :class:`TokenUnifyPSNR`."""
+    metric = TokenUnifyPSNR(**kwargs)
+    metric.process(None, [
+        s.to_dict() if isinstance(s, DataSample) else s for s in samples
+    ])
+    return metric.results
+
+
+def test_psnr_metric_is_the_true_psnr_not_the_official_half():
     pred, target = torch.rand(2, 1, 4, 8, 8), torch.rand(2, 1, 4, 8, 8)
-    mse = ((pred - target)**2).double().mean((1, 2, 3, 4))
-    psnr = volume_psnr(pred, target)
-    assert torch.allclose(psnr, 10 * torch.log10(1 / mse))
-    official = 10 * torch.log10(1 / mse.sqrt())  # engine_pretrain calc_psnr
-    assert torch.allclose(psnr, 2 * official)
     mask = torch.zeros(2, 1, 4, 8, 8, dtype=torch.bool)
     mask[0, :, :2] = True
-    masked = volume_psnr(pred, target, mask)
+    results = metric_results([
+        dict(pred_volume=pred[i], gt_volume=target[i], voxel_mask=mask[i])
+        for i in range(2)
+    ])
+    mse = ((pred - target)**2).double().mean((1, 2, 3, 4))
+    psnr_all = torch.tensor([r[0] for r in results], dtype=torch.float64)
+    assert torch.allclose(psnr_all, 10 * torch.log10(1 / mse))
+    official = 10 * torch.log10(1 / mse.sqrt())  # engine_pretrain calc_psnr
+    assert torch.allclose(psnr_all, 2 * official)
     masked_mse = ((pred[0, :, :2] - target[0, :, :2])**2).double().mean()
-    assert masked[0].item() == pytest.approx(
+    assert results[0][1] == pytest.approx(
         10 * math.log10(1 / masked_mse.item()))
-    assert math.isnan(masked[1].item())  # empty mask
-    assert volume_psnr(target, target, max_psnr=80.0).tolist() == [80.0,
-                                                                   80.0]
+    assert math.isnan(results[1][1])  # empty mask
+    same = dict(pred_volume=target[0], gt_volume=target[0],
+                voxel_mask=mask[0])
+    assert metric_results([same], max_psnr=80.0) == [(80.0, 80.0)]
+    # data_range enters as data_range²
+    halved = metric_results([
+        dict(pred_volume=pred[0] / 2, gt_volume=target[0] / 2,
+             voxel_mask=mask[0])
+    ], data_range=0.5)
+    assert halved[0] == pytest.approx(results[0])
 
 
-def test_predict_psnr_with_fixed_validation_masks():
+def test_predict_returns_volumes_and_masks_with_fixed_validation_masks():
     model = model_with(dict(random=dict(mask_ratio_range=(0.2, 0.8),
                                         fill='noise')),
                        backbone=TinyVolumeNetForPretrainTest(),
@@ -248,32 +267,39 @@ def test_predict_psnr_with_fixed_validation_masks():
     out = model.predict(clean, samples)
     assert out is samples
     grid = token_grid(SHAPE, TOKEN)
+    results = metric_results(out)
     for i, sample in enumerate(out):
         assert sample.token_mask.sum() == 4  # round(0.25 * 16)
         assert torch.equal(sample.token_mask, model.validation_mask(
             NUM_TOKENS, sample.metainfo['sample_idx'])[0])
+        voxels = tokens_to_voxels(sample.token_mask[None], grid, TOKEN)[0]
+        assert torch.equal(sample.voxel_mask, voxels)
+        assert torch.equal(sample.gt_volume, clean[i])
         pred = sample.pred_volume
         assert pred.shape == (1, *SHAPE) and 0 <= pred.min() <= pred.max() <= 1
-        error = (pred.double() - clean[i].double())**2
-        assert sample.psnr_all == pytest.approx(
-            10 * math.log10(1 / error.mean().item()))
-        voxels = tokens_to_voxels(sample.token_mask[None], grid, TOKEN)[0]
-        assert sample.psnr_masked == pytest.approx(
-            10 * math.log10(1 / error[voxels].mean().item()))
+        # the metric's PSNRs against scikit-image's, over all voxels and over
+        # the masked ones
+        pred, gt = pred.double().numpy(), clean[i].double().numpy()
+        mask = voxels.numpy()
+        assert results[i][0] == pytest.approx(
+            peak_signal_noise_ratio(gt, pred, data_range=1.0), rel=1e-12)
+        assert results[i][1] == pytest.approx(
+            peak_signal_noise_ratio(gt[mask], pred[mask], data_range=1.0),
+            rel=1e-12)
     # masks follow sample_idx, not the batch position; repeated runs agree
     again = model.predict(clean[[1, 0]], [DataSample(metainfo=dict(
         sample_idx=i)) for i in (9, 4)])
     assert torch.equal(again[0].token_mask, out[1].token_mask)
-    assert again[1].psnr_all == pytest.approx(out[0].psnr_all)
+    assert metric_results(again)[1] == pytest.approx(results[0])
     assert not torch.equal(out[0].token_mask, out[1].token_mask)
 
     metric = METRICS.build(dict(type='TokenUnifyPSNR'))
     metric.process(None, [s.to_dict() for s in out])
     result = metric.evaluate(3)
     assert result['pretrain/psnr_all'] == pytest.approx(
-        np.mean([s.psnr_all for s in out]))
+        np.mean([r[0] for r in results]))
     assert result['pretrain/psnr_masked'] == pytest.approx(
-        np.mean([s.psnr_masked for s in out]))
+        np.mean([r[1] for r in results]))
 
 
 def test_psnr_metric_skips_crops_without_masked_voxels():
@@ -337,4 +363,7 @@ def test_default_volume_preprocessor_and_val_step():
     assert [s.metainfo['sample_idx'] for s in out] == [5, 6]
     direct = model.predict(crops, [DataSample(metainfo=dict(sample_idx=i))
                                    for i in (5, 6)])
-    assert [s.psnr_masked for s in out] == [s.psnr_masked for s in direct]
+    for key in ('pred_volume', 'gt_volume', 'voxel_mask'):
+        assert all(torch.equal(a.get(key), b.get(key))
+                   for a, b in zip(out, direct)), key
+    assert metric_results(out) == metric_results(direct)

@@ -35,7 +35,9 @@ code: the epoch never reaches the model).
 
 **PSNR.** The official ``calc_psnr`` returns ``10·log10(1 / √MSE)``, i.e.
 half the true value. Here ``PSNR = 10·log10(1 / MSE)`` (data range 1 on
-[0, 1] volumes), per sample, over all voxels and over the masked voxels.
+[0, 1] volumes), per sample, over all voxels and over the masked voxels:
+``predict`` returns each crop's reconstruction, clean crop and voxel mask,
+and :class:`TokenUnifyPSNR` computes the PSNRs from them.
 """
 import math
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ import torch.nn as nn
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
 
+from vistok.evaluation.metrics.psnr import psnr
 from vistok.models.utils.optimizer_step import NonFiniteGuard, update_params
 from vistok.registry import BACKBONES, METRICS, MODELS
 from vistok.structures import DataSample
@@ -168,32 +171,11 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor,
         return (error * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def volume_psnr(pred: torch.Tensor,
-                target: torch.Tensor,
-                mask: Optional[torch.Tensor] = None,
-                data_range: float = 1.0,
-                max_psnr: float = 100.0) -> torch.Tensor:
-    """Per-sample ``PSNR = 10·log10(data_range² / MSE)`` ``(B,)`` float64 of
-    ``(B, C, *spatial)`` volumes, the MSE over all voxels or over those where
-    ``mask`` is ``True``. Capped at ``max_psnr`` (MSE 0); NaN for a sample
-    whose mask is empty. (The official ``calc_psnr`` computes
-    ``10·log10(1 / √MSE)``, half of this.)"""
-    error = (pred.double() - target.double()).pow(2)
-    if mask is None:
-        mask = torch.ones_like(error, dtype=torch.bool)
-    mask = mask.expand_as(error).double()
-    dims = tuple(range(1, error.dim()))
-    mse = (error * mask).sum(dims) / mask.sum(dims)
-    psnr = 10 * torch.log10(data_range**2 / mse)
-    return torch.where(mse == 0, torch.full_like(psnr, max_psnr),
-                       psnr.clamp(max=max_psnr))
-
-
 @MODELS.register_module()
 class TokenUnifyPretrainer(BaseModel):
     """TokenUnify's mixture-of-tasks pre-training of a volume backbone (see
     the module docstring for the tasks, the next-token read-out, the mixing
-    and the PSNR).
+    and the PSNR of :class:`TokenUnifyPSNR`).
 
     Inputs are clean crops ``(B, 1, D, H, W)`` in [0, 1]
     (``VolumeDataPreprocessor``) with ``D, H, W`` multiples of ``token_size``
@@ -222,7 +204,6 @@ class TokenUnifyPretrainer(BaseModel):
         val_mask_ratio: ρ of the random task in ``predict`` (default: the
             task's ``mask_ratio``, or the middle of its range).
         val_seed: seed of the validation masks.
-        max_psnr: cap of a sample's PSNR in dB (perfect reconstruction).
         max_nonfinite_skips: abort once more updates than this had a
             non-finite loss.
         data_preprocessor: MODELS config (vistok scope) or module; default
@@ -244,7 +225,6 @@ class TokenUnifyPretrainer(BaseModel):
                  noise_std: float = 1.0,
                  val_mask_ratio: Optional[float] = None,
                  val_seed: int = 0,
-                 max_psnr: float = 100.0,
                  max_nonfinite_skips: int = 10,
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
@@ -285,7 +265,6 @@ class TokenUnifyPretrainer(BaseModel):
             raise ValueError(f'val_mask_ratio must lie in (0, 1], got '
                              f'{val_mask_ratio}')
         self.val_mask_ratio, self.val_seed = val_mask_ratio, val_seed
-        self.max_psnr = max_psnr
         self._task_weights: Dict[str, float] = {}
         self.set_task_weights(task_weights if task_weights is not None else
                               {name: 1.0 for name in self.tasks})
@@ -465,10 +444,10 @@ class TokenUnifyPretrainer(BaseModel):
         ``sample_idx`` metainfo, else their batch position).
 
         One :class:`DataSample` per crop (``data_samples`` filled in place)
-        with ``pred_volume`` ``(1, D, H, W)`` in [0, 1], ``token_mask``
-        ``(N,)`` bool, and ``psnr_all`` / ``psnr_masked`` (float, dB,
-        ``10·log10(1 / MSE)`` over all / masked voxels; see
-        :func:`volume_psnr`), read by :class:`TokenUnifyPSNR`.
+        with ``pred_volume`` (the reconstruction) and ``gt_volume`` (the
+        clean crop), ``(1, D, H, W)`` in [0, 1], ``token_mask`` ``(N,)``
+        bool (the masked tokens) and ``voxel_mask`` ``(1, D, H, W)`` bool
+        (their voxels); :class:`TokenUnifyPSNR` reads them.
         """
         if 'random' not in self.tasks:
             raise ValueError('predict reports the random-token '
@@ -487,37 +466,56 @@ class TokenUnifyPretrainer(BaseModel):
                                         generator))
             masks.append(mask)
         masks = torch.stack(masks).to(inputs.device)
+        voxels = tokens_to_voxels(masks, grid, self.token_size)
         pred = self._prediction(self.backbone(torch.cat(corrupted)), 'random')
-        psnr_all = volume_psnr(pred, inputs, max_psnr=self.max_psnr)
-        psnr_masked = volume_psnr(
-            pred, inputs, tokens_to_voxels(masks, grid, self.token_size),
-            max_psnr=self.max_psnr)
         for i, sample in enumerate(data_samples):
             sample.pred_volume = pred[i]
+            sample.gt_volume = inputs[i]
             sample.token_mask = masks[i]
-            sample.psnr_all = float(psnr_all[i])
-            sample.psnr_masked = float(psnr_masked[i])
+            sample.voxel_mask = voxels[i]
         return data_samples
 
 
 @METRICS.register_module()
 class TokenUnifyPSNR(BaseMetric):
-    """Mean over crops of the per-crop reconstruction PSNRs that
-    :meth:`TokenUnifyPretrainer.predict` stores (``10·log10(1 / MSE)`` on
-    [0, 1] volumes — not the official half-value ``10·log10(1 / √MSE)``).
+    """Mean over crops of the reconstruction PSNR of
+    :meth:`TokenUnifyPretrainer.predict`: per crop,
+    ``PSNR = 10·log10(data_range² / MSE)`` of ``pred_volume`` against
+    ``gt_volume`` (:func:`vistok.evaluation.metrics.psnr.psnr`), i.e.
+    ``10·log10(1 / MSE)`` on [0, 1] volumes. The official ``calc_psnr``
+    computes ``10·log10(1 / √MSE)``, half the true value.
 
-    Reports ``psnr_all`` (all voxels) and ``psnr_masked`` (masked voxels;
-    crops with no masked voxel are left out, NaN if none has one).
+    Reports ``psnr_all`` (MSE over all voxels) and ``psnr_masked`` (over the
+    ``voxel_mask`` voxels; crops with no masked voxel give NaN and are left
+    out of the mean, which is NaN if no crop has one). A crop's PSNR is
+    capped at ``max_psnr`` (a perfect reconstruction counts as
+    ``max_psnr``).
 
     Args:
+        data_range: maximum voxel value (1 for [0, 1] volumes).
+        max_psnr: cap of a crop's PSNR in dB.
         collect_device, prefix: see ``mmengine.evaluator.BaseMetric``.
     """
 
     default_prefix = 'pretrain'
 
+    def __init__(self,
+                 data_range: float = 1.0,
+                 max_psnr: float = 100.0,
+                 collect_device: str = 'cpu',
+                 prefix: Optional[str] = None):
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.data_range, self.max_psnr = data_range, max_psnr
+
     def process(self, data_batch, data_samples) -> None:
+        """Per crop, ``(psnr_all, psnr_masked)`` (only two floats are kept,
+        not the volumes)."""
         for sample in data_samples:
-            self.results.append((sample['psnr_all'], sample['psnr_masked']))
+            pred, target = sample['pred_volume'], sample['gt_volume']
+            self.results.append(
+                (psnr(pred, target, self.data_range, self.max_psnr),
+                 psnr(pred, target, self.data_range, self.max_psnr,
+                      mask=sample['voxel_mask'])))
 
     def compute_metrics(self, results: List[Tuple[float, float]]) -> dict:
         values = np.asarray(results, dtype=np.float64).reshape(-1, 2)

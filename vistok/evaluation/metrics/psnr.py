@@ -1,11 +1,35 @@
 """Peak signal-to-noise ratio of reconstructions."""
-import math
 from typing import List, Optional, Sequence
 
 import torch
 from mmengine.evaluator import BaseMetric
 
 from vistok.registry import METRICS
+
+
+def psnr(pred: torch.Tensor,
+         target: torch.Tensor,
+         data_range: float,
+         max_psnr: float = 100.0,
+         mask: Optional[torch.Tensor] = None) -> float:
+    """``PSNR = 10 · log10(data_range² / MSE)`` of one pair of equal-shape
+    tensors (any layout, e.g. an image ``(C, *spatial)``), in float64.
+
+    The MSE is over all elements, or over those where ``mask`` (bool,
+    broadcastable to ``pred``) is ``True``. The PSNR is capped at
+    ``max_psnr``, which is also the value of a perfect reconstruction
+    (MSE 0, an infinite PSNR); it is NaN when ``mask`` selects nothing.
+    Values are used as given (no clamping to ``[0, data_range]``).
+    """
+    error = (pred.double() - target.double()).pow(2)
+    if mask is None:
+        mse = error.mean()
+    else:
+        weight = mask.expand_as(error).double()
+        mse = (error * weight).sum() / weight.sum()  # 0 / 0 = NaN if empty
+    if mse == 0:
+        return float(max_psnr)
+    return float((10 * torch.log10(data_range**2 / mse)).clamp(max=max_psnr))
 
 
 @METRICS.register_module()
@@ -19,7 +43,8 @@ class PSNR(BaseMetric):
     ``(C, *spatial)``), each clamped to ``[0, data_range]`` and not rounded.
     A perfect reconstruction (MSE 0) has an infinite PSNR; each image's PSNR
     is therefore capped at ``max_psnr`` so the mean stays finite and
-    identical images count as ``max_psnr`` instead of being skipped.
+    identical images count as ``max_psnr`` instead of being skipped (see
+    :func:`psnr`, which also serves metrics of other layouts).
 
     Reports ``psnr``.
 
@@ -39,13 +64,11 @@ class PSNR(BaseMetric):
         self.max_psnr = max_psnr
 
     def image_psnr(self, pred: torch.Tensor, gt: torch.Tensor) -> float:
-        """Capped PSNR of one image pair (any equal shapes)."""
-        pred = pred.double().clamp(0, self.data_range)
-        gt = gt.double().clamp(0, self.data_range)
-        mse = (pred - gt).pow(2).mean().item()
-        if mse == 0:
-            return self.max_psnr
-        return min(10 * math.log10(self.data_range**2 / mse), self.max_psnr)
+        """Capped PSNR (:func:`psnr`) of one image pair (any equal shapes),
+        both clamped to ``[0, data_range]``."""
+        return psnr(pred.double().clamp(0, self.data_range),
+                    gt.double().clamp(0, self.data_range), self.data_range,
+                    self.max_psnr)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         for sample in data_samples:
