@@ -1,8 +1,11 @@
 """Helpers shared by tests (importable as ``_helpers``: tests/ is on
 sys.path through its conftest)."""
+import contextlib
 import importlib.util
 import os
 import os.path as osp
+
+import torch
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -15,6 +18,20 @@ def load_tool(path: str, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int):
+    """Run the block with ``num_threads`` intra-op threads. Results compared
+    bit for bit (or to 1e-5) with subprocesses of :func:`subprocess_env`
+    must use their thread count: MKL's conv / matmul reductions depend on it
+    (on AVX-512 machines the difference reaches 1e-5 after one Adam step)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def subprocess_env(**extra):

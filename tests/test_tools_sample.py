@@ -13,7 +13,7 @@ import torch
 from mmengine.config import Config
 from torch_fidelity.metric_fid import fid_features_to_statistics
 
-from _helpers import REPO_ROOT, subprocess_env
+from _helpers import REPO_ROOT, subprocess_env, torch_threads
 from vistok.apis.tokenize import detokenize, load_tokenizer
 from vistok.evaluation.feature_extractors import RandomConvFeatures
 from vistok.models.generators.var import VARGenerator
@@ -34,6 +34,14 @@ GENERATOR = dict(type='VARGenerator', quantizer=QUANTIZER,
                               guidance_scale=2.0,
                               guidance_schedule='linear'))
 NUM_IMAGES, BATCH_SIZE = 10, 4  # chunks of 4, 4 and 2 images
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """In-process runs use the thread count of the subprocess runs they are
+    compared with byte for byte."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope='module')

@@ -11,7 +11,7 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
-from _helpers import REPO_ROOT, subprocess_env
+from _helpers import REPO_ROOT, subprocess_env, torch_threads
 from vistok.apis import apply_cli_options, build_runner
 from vistok.utils.checkpoint import CheckpointLoadError, load_checkpoint_file
 from vistok.utils.export import extract_weights
@@ -243,8 +243,10 @@ def test_dist_train_two_cpu_processes_match_one(tmp_path, config, extra):
     common = {'model.encoder.dropout': 0.0, 'model.decoder.dropout': 0.0,
               'train_cfg.max_iters': 3, 'train_cfg.val_interval': 100,
               'default_hooks.checkpoint.interval': 3, **extra}
-    single, _ = run(tmp_path / 'one', 'one', config=config, options=dict(
-        common, **{'train_dataloader.batch_size': 8}))
+    with torch_threads(1):  # the thread count of the torchrun processes
+        single, _ = run(tmp_path / 'one', 'one', config=config,
+                        options=dict(common,
+                                     **{'train_dataloader.batch_size': 8}))
     options = [f'{k}={v}' for k, v in common.items()]
     proc = subprocess.run(
         ['bash', osp.join(REPO_ROOT, 'tools/dist_train.sh'), config, '2',

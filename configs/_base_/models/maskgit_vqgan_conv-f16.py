@@ -15,7 +15,7 @@ conv = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
             resnet_shortcut='output', pixel_range=(0.0, 1.0))
 model = dict(
     type='AutoencoderTokenizer',
-    data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3,
+    data_preprocessor=dict(type='ImagePreprocessor', mean=[127.5] * 3,
                            std=[127.5] * 3),
     encoder=dict(type='ConvEncoder', in_channels=3, conv_in_bias=False,
                  downsample='avgpool', conv_out_kernel_size=1, **conv),

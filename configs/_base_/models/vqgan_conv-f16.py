@@ -15,7 +15,7 @@ conv = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
             dropout=0.0, num_groups=32)
 model = dict(
     type='AutoencoderTokenizer',
-    data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3,
+    data_preprocessor=dict(type='ImagePreprocessor', mean=[127.5] * 3,
                            std=[127.5] * 3),
     encoder=dict(type='ConvEncoder', in_channels=3, **conv),
     quantizer=dict(type='VectorQuantizer', codebook_size=16384,

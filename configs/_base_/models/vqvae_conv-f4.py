@@ -2,7 +2,7 @@
 # l2-normalised vector quantizer -> conv decoder, L1 reconstruction loss.
 model = dict(
     type='AutoencoderTokenizer',
-    data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3,
+    data_preprocessor=dict(type='ImagePreprocessor', mean=[127.5] * 3,
                            std=[127.5] * 3),
     encoder=dict(type='ConvEncoder', in_channels=3, ch=16, ch_mult=(1, 2, 2),
                  num_res_blocks=1, attn_resolutions=(), resolution=64,

@@ -1,5 +1,6 @@
-"""TiTok tokenizer of projects/MARVEL: official parameter counts, exact
-token round trip, stage-1 proxy training and the legacy latent layout."""
+"""TiTok tokenizer (the base of projects/MARVEL): official parameter counts,
+exact token round trip, stage-1 proxy training, the legacy latent layout,
+and the MARVEL configs built on it."""
 import os.path as osp
 
 import pytest
@@ -10,10 +11,11 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import DefaultScope
 
 from _helpers import REPO_ROOT
-from projects.MARVEL.marvel.titok import TiTokTokenizer
+from vistok.models.tokenizers.titok import TiTokTokenizer
 from vistok.utils.weights import MissingWeightsError
 
-CONFIGS = osp.join(REPO_ROOT, 'projects/MARVEL/configs')
+TITOK_CONFIGS = osp.join(REPO_ROOT, 'configs/titok')
+MARVEL_CONFIGS = osp.join(REPO_ROOT, 'projects/MARVEL/configs')
 MASKGIT_BASE = osp.join(REPO_ROOT,
                         'configs/_base_/models/maskgit_vqgan_conv-f16.py')
 #: official counts (encoder + VQ + decoder + proxy head) and the teacher's
@@ -50,7 +52,8 @@ def tokenizer_params(model):
 
 @pytest.mark.parametrize('name', sorted(COUNTS))
 def test_official_parameter_counts(name):
-    path = osp.join(CONFIGS, f'titok_vq-4k_{name}_8xb32-1m_in1k-256.py')
+    path = osp.join(TITOK_CONFIGS,
+                    f'titok_vq-4k_{name}_8xb32-1m_in1k-256.py')
     model = build(Config.fromfile(path).model, 'meta')
     assert tokenizer_params(model) == COUNTS[name]
     assert num_params(model.teacher) == 0  # frozen: buffers only
@@ -284,7 +287,8 @@ def test_imagenet_stage2_configs_load_their_pretrained_files(tmp_path):
     pixel parts from the MaskGIT-VQGAN file; MARVEL stage 2 = MARVEL stage
     1 + pixel parts of a (converted) TiTok stage-2 checkpoint."""
     def entries(name, files):
-        cfg = Config.fromfile(osp.join(CONFIGS, name)).model.pretrained
+        folder = MARVEL_CONFIGS if name.startswith('marvel') else TITOK_CONFIGS
+        cfg = Config.fromfile(osp.join(folder, name)).model.pretrained
         return {key: dict(value, checkpoint=files[key])
                 for key, value in cfg.items()}
 

@@ -107,8 +107,11 @@ class FiniteScalarQuantizer(BaseQuantizer):
                                               dtype=torch.long), 0),
                              persistent=False)
 
-        # the index of the all-zero levels: Σ_i ⌊L_i/2⌋·basis_i
-        self.index_offset = int((self.half_width * self.basis).sum())
+        # the index of the all-zero levels: Σ_i ⌊L_i/2⌋·basis_i (Python
+        # ints, so the module also builds on the meta device)
+        basis = [math.prod(self.levels[:i]) for i in range(len(self.levels))]
+        self.index_offset = sum(
+            (level // 2) * b for level, b in zip(self.levels, basis))
 
         code_dim = len(self.levels)
         self.project_in, self.project_out = code_space_projections(

@@ -1,3 +1,8 @@
 from .autoencoder import AutoencoderTokenizer
+from .base import BaseTokenizer
+from .titok import TiTokTokenizer, legacy_token_layout
 
-__all__ = ['AutoencoderTokenizer']
+__all__ = [
+    'AutoencoderTokenizer', 'BaseTokenizer', 'TiTokTokenizer',
+    'legacy_token_layout'
+]

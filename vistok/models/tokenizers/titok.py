@@ -21,7 +21,8 @@ MARVEL: residual LFQ) → :class:`LatentTokenDecoder` → features
   ``p·p·3`` values, unpatchify, 3×3 conv) trained on pixels directly.
 
 Training, EMA, the discriminator step and evaluation are those of
-:class:`AutoencoderTokenizer`.
+:class:`~vistok.models.tokenizers.base.BaseTokenizer`; this class only
+supplies the network through its public extension points.
 
 Legacy latent layout (TiTok issue #17): the released two-stage checkpoints
 (TiTok-L-32 / B-64 / S-128) were trained with an encoder that reshapes its
@@ -35,27 +36,22 @@ is what released weights need to reconstruct anything. The decoder's
 modes, so only the encoder is affected.
 """
 import copy
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.model import BaseModel
 
-from vistok.models.utils.frozen import freeze_as_buffers, load_frozen_weights
 from vistok.models.heads.pixel import PixelHead
 from vistok.models.heads.token_logit import TokenLogitHead
-from vistok.models.tokenizers.autoencoder import (DEFAULT_DATA_PREPROCESSOR,
-                                                  AutoencoderTokenizer,
-                                                  build_part)
+from vistok.models.utils import freeze_as_buffers, load_frozen_weights
 from vistok.registry import BACKBONES, HEADS, MODELS, QUANTIZERS
 from vistok.structures import TokenizerOutput
 from vistok.utils.partial_load import load_pretrained
 from vistok.utils.weights import load_state_dict_file
+from .base import BaseTokenizer, PartCfg
 
 __all__ = ['TiTokTokenizer', 'legacy_token_layout']
-
-PartCfg = Union[dict, nn.Module]
 
 TEACHER_HOW_TO_GET = (
     "Convert TiTok's maskgit-vqgan-imagenet-f16-256.bin "
@@ -74,9 +70,8 @@ def legacy_token_layout(module: nn.Module, args: tuple) -> tuple:
     return (x.reshape(batch, width, tokens).transpose(1, 2), ) + args[1:]
 
 
-
 @MODELS.register_module()
-class TiTokTokenizer(AutoencoderTokenizer):
+class TiTokTokenizer(BaseTokenizer):
     """TiTok: images → ``K`` 1-D tokens → decoder features → proxy-code
     logits or pixels (see the module docstring for the three modes and the
     legacy layout).
@@ -87,7 +82,8 @@ class TiTokTokenizer(AutoencoderTokenizer):
     ``decode(encode(x))`` equals ``reconstruct(x).reconstruction``
     exactly.
 
-    Args:
+    Network args (:meth:`build_network`; the training keys are
+    :class:`~vistok.models.tokenizers.base.BaseTokenizer`'s):
         encoder: BACKBONES config / module (:class:`LatentTokenEncoder`).
         quantizer: QUANTIZERS config / module taking ``(B, C_q, K)``.
         decoder: BACKBONES config / module (:class:`LatentTokenDecoder`).
@@ -119,13 +115,6 @@ class TiTokTokenizer(AutoencoderTokenizer):
             and back on the way out. ``None`` keeps [-1, 1]. (A
             ``pixel_decoder`` maps its own range, as the teacher does.)
         proxy_loss_weight: weight of the stage-1 proxy cross-entropy.
-        reconstruction_loss: pixel losses (default ``MSELoss``, TiTok's L2).
-        perceptual_loss, discriminator, adversarial_loss, ema,
-            max_nonfinite_skips, frozen_parts, data_preprocessor, init_cfg:
-            see :class:`AutoencoderTokenizer` (pixel modes only for the
-            discriminator).
-        last_layer: parameter of the adaptive GAN weight; default the last
-            weight of the module producing pixels.
         pretrained: keyword arguments of
             :func:`vistok.utils.partial_load.load_pretrained` (a dict with
             ``checkpoint``), or a dict of such loads by name, applied in
@@ -133,45 +122,34 @@ class TiTokTokenizer(AutoencoderTokenizer):
             checkpoint with the VQ codebook named as unexpected; stage 2
             ``dict(stage1=..., pixel_parts=...)``, so a config overrides one
             by name). The EMA copy restarts from the loaded weights.
+
+    Training defaults: L2 reconstruction (``MSELoss``); the adaptive GAN
+    weight at the last weight of the module producing pixels; a
+    discriminator only in the pixel modes (:attr:`trains_on_pixels`).
     """
 
-    NON_GENERATOR_PARTS = AutoencoderTokenizer.NON_GENERATOR_PARTS + (
-        'teacher', )
+    NON_GENERATOR_PARTS = BaseTokenizer.NON_GENERATOR_PARTS + ('teacher', )
+    #: TiTok's L2
+    default_reconstruction_loss = dict(type='MSELoss')
 
-    def __init__(self,
-                 encoder: PartCfg,
-                 quantizer: PartCfg,
-                 decoder: PartCfg,
-                 head: Union[str, PartCfg] = 'proxy',
-                 pixel_decoder: Optional[PartCfg] = None,
-                 teacher: Optional[PartCfg] = None,
-                 teacher_path: Optional[str] = None,
-                 num_proxy_codes: int = 1024,
-                 proxy_hidden_ratio: int = 2,
-                 pixel_refine_kernel_size: Optional[int] = 3,
-                 is_legacy: bool = False,
-                 pixel_range: Optional[Tuple[float, float]] = None,
-                 proxy_loss_weight: float = 1.0,
-                 reconstruction_loss=None,
-                 perceptual_loss=None,
-                 discriminator: Optional[PartCfg] = None,
-                 adversarial_loss: Optional[PartCfg] = None,
-                 last_layer: Optional[str] = None,
-                 ema: Optional[dict] = None,
-                 max_nonfinite_skips: int = 10,
-                 frozen_parts: Sequence[str] = (),
-                 pretrained: Optional[dict] = None,
-                 data_preprocessor: Optional[PartCfg] = None,
-                 init_cfg=None):
-        if data_preprocessor is None:
-            data_preprocessor = copy.deepcopy(DEFAULT_DATA_PREPROCESSOR)
-        # the network differs from AutoencoderTokenizer's (no 1x1 convs
-        # around the quantizer), the training parts are the same
-        BaseModel.__init__(self, data_preprocessor=data_preprocessor,
-                           init_cfg=init_cfg)
-        self.encoder = build_part(BACKBONES, encoder)
-        self.quantizer = build_part(QUANTIZERS, quantizer)
-        self.decoder = build_part(BACKBONES, decoder)
+    def build_network(self,
+                      encoder: PartCfg,
+                      quantizer: PartCfg,
+                      decoder: PartCfg,
+                      head: Union[str, PartCfg] = 'proxy',
+                      pixel_decoder: Optional[PartCfg] = None,
+                      teacher: Optional[PartCfg] = None,
+                      teacher_path: Optional[str] = None,
+                      num_proxy_codes: int = 1024,
+                      proxy_hidden_ratio: int = 2,
+                      pixel_refine_kernel_size: Optional[int] = 3,
+                      is_legacy: bool = False,
+                      pixel_range: Optional[Tuple[float, float]] = None,
+                      proxy_loss_weight: float = 1.0,
+                      pretrained: Optional[dict] = None) -> None:
+        self.encoder = BACKBONES.build_or_take(encoder)
+        self.quantizer = QUANTIZERS.build_or_take(quantizer)
+        self.decoder = BACKBONES.build_or_take(decoder)
         width = self.decoder.out_channels
         if head == 'proxy':
             self.head = TokenLogitHead(width, num_proxy_codes,
@@ -181,7 +159,7 @@ class TiTokTokenizer(AutoencoderTokenizer):
                                   self.encoder.in_channels,
                                   pixel_refine_kernel_size)
         elif isinstance(head, (dict, nn.Module)):
-            self.head = build_part(HEADS, head)
+            self.head = HEADS.build_or_take(head)
         else:
             raise ValueError(f"model.head must be 'proxy', 'pixel' or a "
                              f'HEADS config, got {head!r}')
@@ -196,27 +174,19 @@ class TiTokTokenizer(AutoencoderTokenizer):
         self.pixel_range = None if pixel_range is None else tuple(pixel_range)
         self.teacher = None
         if teacher is not None:
-            self.teacher = freeze_as_buffers(build_part(MODELS, teacher))
+            self.teacher = freeze_as_buffers(MODELS.build_or_take(teacher))
         self.teacher_path = teacher_path
-        if self.proxy_training and discriminator is not None:
-            raise ValueError('model.discriminator needs pixels: give '
-                             "model.pixel_decoder or head='pixel'")
         pretrained = dict(pretrained or {})
         if 'checkpoint' in pretrained:
             pretrained = {'': pretrained}
         self.pretrained = copy.deepcopy(pretrained)
         self.proxy_loss_weight = proxy_loss_weight
-        self.build_training_parts(
-            reconstruction_loss or dict(type='MSELoss'), perceptual_loss,
-            discriminator, adversarial_loss, last_layer
-            or self._default_last_layer(), ema, max_nonfinite_skips,
-            frozen_parts)
 
     def _build_pixel_decoder(self, tokenizer: PartCfg,
                              num_proxy_codes: int) -> None:
         if self.head_type != 'proxy':
             raise ValueError("model.pixel_decoder needs head='proxy'")
-        tokenizer = build_part(MODELS, tokenizer)
+        tokenizer = MODELS.build_or_take(tokenizer)
         codebook = getattr(tokenizer.quantizer, 'codebook', None)
         if (not torch.is_tensor(codebook) or codebook.dim() != 2
                 or codebook.shape[0] != num_proxy_codes):
@@ -237,7 +207,7 @@ class TiTokTokenizer(AutoencoderTokenizer):
         self.pixel_codebook.weight.data.copy_(codebook.detach())
         self.pixel_decoder = tokenizer.decoder
 
-    def _default_last_layer(self) -> str:
+    def default_last_layer(self) -> str:
         """The last weight of the module producing pixels."""
         name = 'pixel_decoder' if self.pixel_decoder is not None else 'head'
         weights = [
@@ -251,6 +221,11 @@ class TiTokTokenizer(AutoencoderTokenizer):
     def proxy_training(self) -> bool:
         """Stage 1: proxy logits, trained against the teacher's codes."""
         return self.head_type == 'proxy' and self.pixel_decoder is None
+
+    @property
+    def trains_on_pixels(self) -> bool:
+        """Stage 1 trains on proxy codes, so no discriminator there."""
+        return not self.proxy_training
 
     def init_inference_weights(self) -> None:
         """Fill the frozen teacher (stage 1 renders images with it) from
@@ -274,7 +249,7 @@ class TiTokTokenizer(AutoencoderTokenizer):
                                          'checkpoint')))
             load_pretrained(self, key=key, **kwargs)
         if self.pretrained and self.ema is not None:
-            self.ema.num_updates.zero_()  # the next update copies
+            self.ema.restart()  # the next update copies the loaded weights
 
     # --- tokenizer API ---------------------------------------------------
     def _to_range(self, images: torch.Tensor) -> torch.Tensor:
@@ -341,13 +316,13 @@ class TiTokTokenizer(AutoencoderTokenizer):
             latent=latent)
 
     # --- losses ----------------------------------------------------------
-    def _generator_losses(self, inputs: torch.Tensor,
-                          iteration: Optional[int] = None):
-        """Pixel modes: :class:`AutoencoderTokenizer`'s. Stage 1:
+    def generator_losses(self, inputs: torch.Tensor,
+                         iteration: Optional[int] = None):
+        """Pixel modes: :class:`BaseTokenizer`'s. Stage 1:
         ``loss_proxy_ce`` (cross-entropy of the logits to the teacher's
         codes) and ``proxy_acc`` plus the quantizer's terms; no images."""
         if not self.proxy_training:
-            return super()._generator_losses(inputs, iteration)
+            return super().generator_losses(inputs, iteration)
         if self.teacher is None:
             raise ValueError("head='proxy' training needs model.teacher")
         _, quantized = self._quantize(inputs)
@@ -363,5 +338,5 @@ class TiTokTokenizer(AutoencoderTokenizer):
         losses = dict(
             loss_proxy_ce=self.proxy_loss_weight * ce,
             proxy_acc=(logits.argmax(1) == codes).float().mean().detach())
-        self._merge_terms(losses, self._quantizer_terms(quantized))
+        self.merge_terms(losses, self.quantizer_terms(quantized))
         return losses, None

@@ -64,6 +64,11 @@ class ModelEMA(nn.ModuleDict):
                 b_ema.copy_(b)
         self.num_updates += 1
 
+    def restart(self) -> None:
+        """Make the next update copy the parts (e.g. after loading
+        pretrained weights into them)."""
+        self.num_updates.zero_()
+
     @contextmanager
     def swapped_into(self, owner: nn.Module) -> Iterator[None]:
         """Within the block, ``owner``'s parts are the EMA copies (no weight
