@@ -1,7 +1,7 @@
 """Evaluation overheads of vistok's metrics against direct library calls.
 
-    python bench/metrics.py [--benches fid engine] [--num-images 512] [--size 64]
-                            [--engine-iters 100]
+    python bench/metrics.py [--benches fid engine] [--num-images 512]
+                            [--size 64] [--engine-iters 100]
 
 Prints one JSON document. ``fid``: the whole ``FrechetInceptionDistance``
 metric (``process`` over batches of float images + ``compute_metrics``,
@@ -114,8 +114,10 @@ def bench_engine_overhead(args) -> dict:
     from mmengine.runner import Runner
 
     from vistok.apis import apply_cli_options, build_runner
-    from vistok.models.losses import (adaptive_gan_weight,
-                                      discriminator_gan_loss)
+    from vistok.models.losses import (
+        adaptive_gan_weight,
+        discriminator_gan_loss,
+    )
     from vistok.registry import MODELS
 
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))

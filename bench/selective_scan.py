@@ -33,7 +33,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import torch  # noqa: E402
 
 from vistok.models.backbones.mamba.selective_scan import (  # noqa: E402
-    selective_scan, selective_scan_reference)
+    selective_scan,
+    selective_scan_reference,
+)
 
 TARGETS = dict(forward_speedup=3.0, forward_backward_speedup=50.0,
                max_relative_error=1e-4)

@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from _helpers import REPO_ROOT
+
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 os.environ.setdefault('HF_HUB_OFFLINE', '1')

@@ -19,8 +19,13 @@ from _helpers import REPO_ROOT, load_tool
 from vistok.apis.converters import maskgit_vqgan, taming_vqgan
 from vistok.apis.tokenize import load_tokenizer
 from vistok.utils.checkpoint import CheckpointLoadError, pickle_trusted
-from vistok.utils.convert import (ConversionError, Rule, convert_for_model,
-                                  convert_state_dict, with_copies)
+from vistok.utils.convert import (
+    ConversionError,
+    Rule,
+    convert_for_model,
+    convert_state_dict,
+    with_copies,
+)
 
 TAMING_F16 = osp.join(REPO_ROOT, 'configs/vqgan/'
                       'vqgan_vq-16k_conv-f16_8xb12-400k_in1k-256.py')

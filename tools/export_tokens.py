@@ -38,11 +38,14 @@ from torch.utils.data import DataLoader, IterableDataset, Subset  # noqa: E402
 
 from vistok.apis.tokenize import load_tokenizer, tokenize  # noqa: E402
 from vistok.datasets.samplers import SeededIndex, draw_seed  # noqa: E402
-from vistok.datasets.token_shards import (TokenShardWriter,  # noqa: E402
-                                          index_dtype, split_indices)
+from vistok.datasets.token_shards import (  # noqa: E402
+    TokenShardWriter,
+    index_dtype,
+    split_indices,
+)
 from vistok.registry import DATASETS  # noqa: E402
-from vistok.utils.fileio import config_sha256, sha256_file  # noqa: E402
 from vistok.utils.checkpoint import trust_pickled_checkpoints  # noqa: E402
+from vistok.utils.fileio import config_sha256, sha256_file  # noqa: E402
 
 try:
     from tqdm import tqdm

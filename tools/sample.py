@@ -75,13 +75,14 @@ from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.utils import import_modules_from_strings  # noqa: E402
 from numpy.lib import format as npy_format  # noqa: E402
 
-from vistok.apis.tokenize import (detokenize, load_tokenizer,  # noqa: E402
-                                  load_weights)
-from vistok.utils.fileio import config_sha256, sha256_file  # noqa: E402
-from vistok.utils.dist import finalize_dist, init_dist  # noqa: E402
+from vistok.apis.tokenize import detokenize, load_tokenizer, load_weights  # noqa: E402
 from vistok.registry import MODELS  # noqa: E402
-from vistok.utils.checkpoint import (CheckpointLoadError,  # noqa: E402
-                                     trust_pickled_checkpoints)
+from vistok.utils.checkpoint import (  # noqa: E402
+    CheckpointLoadError,
+    trust_pickled_checkpoints,
+)
+from vistok.utils.dist import finalize_dist, init_dist  # noqa: E402
+from vistok.utils.fileio import config_sha256, sha256_file  # noqa: E402
 
 try:
     from tqdm import tqdm

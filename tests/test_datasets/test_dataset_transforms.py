@@ -4,8 +4,11 @@ import torch
 from mmengine.dataset import pseudo_collate
 from mmengine.model import ImgDataPreprocessor
 
-from vistok.datasets.transforms import (PackInputs, RandomCrop,
-                                        RandomResizedCrop)
+from vistok.datasets.transforms import (
+    PackInputs,
+    RandomCrop,
+    RandomResizedCrop,
+)
 from vistok.registry import TRANSFORMS
 from vistok.structures import DataSample
 

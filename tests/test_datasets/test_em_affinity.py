@@ -3,9 +3,11 @@ import itertools
 import numpy as np
 import pytest
 
-from vistok.datasets.em.affinity import (GenerateAffinities,
-                                         affinities_from_labels,
-                                         widen_label_boundaries)
+from vistok.datasets.em.affinity import (
+    GenerateAffinities,
+    affinities_from_labels,
+    widen_label_boundaries,
+)
 from vistok.registry import TRANSFORMS
 
 

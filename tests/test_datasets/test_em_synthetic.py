@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from vistok.datasets.em.synthetic import (SyntheticEMDataset,
-                                          SyntheticEMVolume,
-                                          write_synthetic_h5)
+from vistok.datasets.em.synthetic import (
+    SyntheticEMDataset,
+    SyntheticEMVolume,
+    write_synthetic_h5,
+)
 from vistok.datasets.em.volume_dataset import CREMI_UNLABELLED, EMVolumeDataset
 from vistok.datasets.samplers import SeededIndex
 from vistok.registry import DATASETS

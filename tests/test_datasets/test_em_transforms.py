@@ -4,11 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from vistok.datasets.em.transforms import (EMCenterCrop, EMElasticDeform,
-                                           EMIntensityJitter, EMMisalignment,
-                                           EMMissingSection, EMMotionBlur,
-                                           EMRandomFlip, EMRandomRotate90,
-                                           PackEMInputs)
+from vistok.datasets.em.transforms import (
+    EMCenterCrop,
+    EMElasticDeform,
+    EMIntensityJitter,
+    EMMisalignment,
+    EMMissingSection,
+    EMMotionBlur,
+    EMRandomFlip,
+    EMRandomRotate90,
+    PackEMInputs,
+)
 from vistok.registry import TRANSFORMS
 from vistok.structures import DataSample
 from vistok.utils.rng import seeded_rng

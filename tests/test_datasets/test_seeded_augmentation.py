@@ -7,8 +7,11 @@ import torch
 from mmengine.dataset import pseudo_collate
 from torch.utils.data import DataLoader
 
-from vistok.datasets import (ProceduralShapesDataset,
-                             ResumableInfiniteSampler, SeededIndex)
+from vistok.datasets import (
+    ProceduralShapesDataset,
+    ResumableInfiniteSampler,
+    SeededIndex,
+)
 
 PIPELINE = [
     dict(type='RandomResizedCrop', size=32, scale=(0.3, 1.0)),

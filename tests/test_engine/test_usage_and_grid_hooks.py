@@ -20,10 +20,14 @@ from PIL import Image
 from _helpers import REPO_ROOT
 from vistok.apis import apply_cli_options, build_runner
 from vistok.engine.hooks import codebook_usage_hook
-from vistok.engine.hooks.codebook_usage_hook import (CodebookUsageHook,
-                                                     window_usage)
+from vistok.engine.hooks.codebook_usage_hook import (
+    CodebookUsageHook,
+    window_usage,
+)
 from vistok.engine.hooks.reconstruction_grid_hook import (
-    ReconstructionGridHook, reconstruction_grid)
+    ReconstructionGridHook,
+    reconstruction_grid,
+)
 from vistok.engine.hooks.save_reconstructions_hook import to_uint8_hwc
 from vistok.registry import HOOKS
 from vistok.utils.rng import get_rng_state

@@ -8,15 +8,20 @@ import torch
 import torch_fidelity
 import torchvision
 from torch.utils.data import Dataset
-from torch_fidelity.feature_extractor_inceptionv3 import \
-    FeatureExtractorInceptionV3
+from torch_fidelity.feature_extractor_inceptionv3 import (
+    FeatureExtractorInceptionV3,
+)
 
-from vistok.evaluation.feature_extractors import (InceptionV3Compat,
-                                                  PytorchFIDInception,
-                                                  RandomConvFeatures,
-                                                  torch_fidelity_extractor)
-from vistok.evaluation.metrics.fid import (FrechetInceptionDistance,
-                                           fid_protocol_fingerprint)
+from vistok.evaluation.feature_extractors import (
+    InceptionV3Compat,
+    PytorchFIDInception,
+    RandomConvFeatures,
+    torch_fidelity_extractor,
+)
+from vistok.evaluation.metrics.fid import (
+    FrechetInceptionDistance,
+    fid_protocol_fingerprint,
+)
 from vistok.registry import FEATURE_EXTRACTORS, METRICS
 from vistok.utils.weights import MissingWeightsError
 

@@ -6,10 +6,13 @@ import torch
 from skimage.metrics import adapted_rand_error as skimage_arand
 from skimage.metrics import variation_of_information as skimage_voi
 
-from vistok.evaluation.metrics.segmentation import (AdaptedRandError, VOI,
-                                                    adapted_rand_error,
-                                                    contingency_table,
-                                                    variation_of_information)
+from vistok.evaluation.metrics.segmentation import (
+    VOI,
+    AdaptedRandError,
+    adapted_rand_error,
+    contingency_table,
+    variation_of_information,
+)
 from vistok.registry import METRICS
 
 

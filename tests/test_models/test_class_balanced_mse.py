@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from vistok.models.losses.class_balanced_mse import (ClassBalancedMSELoss,
-                                                     binary_ratio_weights)
+from vistok.models.losses.class_balanced_mse import (
+    ClassBalancedMSELoss,
+    binary_ratio_weights,
+)
 from vistok.registry import LOSSES
 
 

@@ -24,8 +24,9 @@ def test_custom_imports_registers_the_plugin_quantizer():
 
 
 def test_random_projection_quantizer_contract():
-    from projects.example_project.example_project import \
-        RandomProjectionQuantizer
+    from projects.example_project.example_project import (
+        RandomProjectionQuantizer,
+    )
     rpq = RandomProjectionQuantizer(in_channels=6, codebook_size=32,
                                     code_dim=4, seed=3)
     z = torch.randn(2, 6, 5, 7, requires_grad=True)

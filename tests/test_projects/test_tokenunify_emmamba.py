@@ -8,9 +8,12 @@ import torch
 import torch.nn.functional as F
 
 import vistok.models.backbones.mamba.mixer as mixer_module
-from projects.TokenUnify.tokenunify.emmamba import (ARCH_SETTINGS, EMMamba,
-                                                    EMMambaLayer,
-                                                    UnetrUpBlock3d)
+from projects.TokenUnify.tokenunify.emmamba import (
+    ARCH_SETTINGS,
+    EMMamba,
+    EMMambaLayer,
+    UnetrUpBlock3d,
+)
 from vistok.registry import BACKBONES
 from vistok.utils.partial_load import PartialLoadError, load_pretrained
 

@@ -12,12 +12,17 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import DefaultScope
 from skimage.metrics import peak_signal_noise_ratio
 
-from projects.TokenUnify.tokenunify.pretrainer import (TokenUnifyPretrainer,
-                                                       TokenUnifyPSNR)
-from projects.TokenUnify.tokenunify.tokens import (gather_tokens, patchify,
-                                                   random_token_mask,
-                                                   token_grid,
-                                                   tokens_to_voxels)
+from projects.TokenUnify.tokenunify.pretrainer import (
+    TokenUnifyPretrainer,
+    TokenUnifyPSNR,
+)
+from projects.TokenUnify.tokenunify.tokens import (
+    gather_tokens,
+    patchify,
+    random_token_mask,
+    token_grid,
+    tokens_to_voxels,
+)
 from vistok.registry import BACKBONES, METRICS, MODELS
 from vistok.structures import DataSample
 

@@ -9,8 +9,10 @@ from mmengine.hooks import Hook
 from torch.utils.data import DataLoader
 
 from projects.TokenUnify.tokenunify.schedule_hook import (
-    INFERRED_LATER_PHASE_WEIGHTS, PUBLISHED_PHASE1_WEIGHTS,
-    TaskWeightScheduleHook)
+    INFERRED_LATER_PHASE_WEIGHTS,
+    PUBLISHED_PHASE1_WEIGHTS,
+    TaskWeightScheduleHook,
+)
 from vistok.engine.runner import VistokRunner
 from vistok.registry import HOOKS
 

@@ -6,9 +6,20 @@ import pytest
 import torch
 
 from projects.TokenUnify.tokenunify.tokens import (
-    draw_prefix_lengths, fill_hidden, gather_tokens, masked_token_count,
-    patchify, prefix_token_mask, random_token_mask, token_block,
-    token_coords, token_grid, token_index, tokens_to_voxels, unpatchify)
+    draw_prefix_lengths,
+    fill_hidden,
+    gather_tokens,
+    masked_token_count,
+    patchify,
+    prefix_token_mask,
+    random_token_mask,
+    token_block,
+    token_coords,
+    token_grid,
+    token_index,
+    tokens_to_voxels,
+    unpatchify,
+)
 
 TOKEN = (4, 16, 16)
 SHAPE = (8, 32, 48)  # grid (2, 2, 3): 12 tokens

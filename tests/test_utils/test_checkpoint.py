@@ -13,13 +13,16 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import vistok.registry  # noqa: F401  (installs the safe local loader)
-from vistok.utils.checkpoint import (CheckpointLoadError, from_safe,
-                                     load_checkpoint_file,
-                                     save_checkpoint_atomic, to_safe,
-                                     trust_pickled_checkpoints)
-from vistok.utils.rng import get_rng_state, set_rng_state
-
 from _helpers import subprocess_env
+from vistok.utils.checkpoint import (
+    CheckpointLoadError,
+    from_safe,
+    load_checkpoint_file,
+    save_checkpoint_atomic,
+    to_safe,
+    trust_pickled_checkpoints,
+)
+from vistok.utils.rng import get_rng_state, set_rng_state
 
 
 def training_state():
@@ -27,8 +30,8 @@ def training_state():
     for v in (1.5, 2.5, 0.25):
         buf.update(v, count=2)
     return dict(
-        meta=dict(epoch=1, iter=7, np_int=np.int64(3), np_float=np.float32(0.5),
-                  np_double=np.float64(0.25),
+        meta=dict(epoch=1, iter=7, np_int=np.int64(3),
+                  np_float=np.float32(0.5), np_double=np.float64(0.25),
                   classes=('a', 'b'), ids={1, 2}),
         message_hub=dict(log_scalars=OrderedDict(loss=buf),
                          runtime_info=dict(arr=np.arange(4.0))),
@@ -97,7 +100,9 @@ def test_malicious_pickle_is_not_executed(tmp_path, writer):
     else:
         with open(path, 'wb') as f:
             pickle.dump(payload, f)
-    with pytest.raises(CheckpointLoadError, match='evil.pth.*nothing from it was executed.*--trust-checkpoint'):
+    with pytest.raises(CheckpointLoadError,
+                       match='evil.pth.*nothing from it was executed'
+                       '.*--trust-checkpoint'):
         load_checkpoint_file(path)
     with pytest.raises(CheckpointLoadError):
         _load_checkpoint(str(path))
@@ -141,7 +146,8 @@ def hang(fd):                      # the process dies between write and rename
     open(flag, 'w').close()
     time.sleep(600)
 ck.os.fsync = hang
-ck.save_checkpoint_atomic({'state_dict': {'w': torch.full((256, 1024), 2.0)}}, path)
+ck.save_checkpoint_atomic({'state_dict': {'w': torch.full((256, 1024), 2.0)}},
+                          path)
 '''
 
 

@@ -8,8 +8,12 @@ import torch
 import torch.nn as nn
 
 from vistok.utils.checkpoint import save_checkpoint_atomic
-from vistok.utils.partial_load import (LoadReport, PartialLoadError,
-                                       load_pretrained, prefix_rules)
+from vistok.utils.partial_load import (
+    LoadReport,
+    PartialLoadError,
+    load_pretrained,
+    prefix_rules,
+)
 from vistok.utils.weights import MissingWeightsError
 
 

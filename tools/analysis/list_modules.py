@@ -8,7 +8,8 @@ import importlib
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
+    osp.abspath(__file__)))))
 
 from vistok.registry import ALL_REGISTRIES  # noqa: E402
 

@@ -13,9 +13,13 @@ import torch.nn as nn
 from mmengine.config import DictAction
 
 from vistok.apis.tokenize import load_tokenizer
-from vistok.utils.convert import (ConversionReport, RuleLike,
-                                  convert_for_model, load_official_state_dict,
-                                  save_state_dict)
+from vistok.utils.convert import (
+    ConversionReport,
+    RuleLike,
+    convert_for_model,
+    load_official_state_dict,
+    save_state_dict,
+)
 
 RulesFor = Callable[[nn.Module], Sequence[RuleLike]]
 

@@ -2,8 +2,8 @@
 import torch.nn as nn
 from mmengine.model import BaseModel
 
-from vistok.utils.dist import broadcast_from_rank0_
 from vistok.registry import MODEL_WRAPPERS
+from vistok.utils.dist import broadcast_from_rank0_
 
 
 @MODEL_WRAPPERS.register_module()

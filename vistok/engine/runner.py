@@ -41,10 +41,13 @@ from mmengine.utils import apply_to
 import vistok
 from vistok.models.utils.frozen import init_inference_weights
 from vistok.registry import MODEL_WRAPPERS, RUNNERS
-from vistok.utils.checkpoint import (CheckpointLoadError,
-                                     save_checkpoint_atomic, to_safe)
-from vistok.utils.rng import get_rng_state
+from vistok.utils.checkpoint import (
+    CheckpointLoadError,
+    save_checkpoint_atomic,
+    to_safe,
+)
 from vistok.utils.dist import init_dist
+from vistok.utils.rng import get_rng_state
 
 _CKPT_NUMBER = re.compile(r'(?:iter|epoch)_(\d+)\.pth$')
 
@@ -65,7 +68,8 @@ def candidate_checkpoints(work_dir):
         for name in os.listdir(work_dir):
             match = _CKPT_NUMBER.match(name)
             if match:
-                numbered.append((int(match.group(1)), osp.join(work_dir, name)))
+                numbered.append(
+                    (int(match.group(1)), osp.join(work_dir, name)))
         for _, path in sorted(numbered, reverse=True):
             if all(not osp.samefile(path, p) for p in found if osp.exists(p)):
                 found.append(path)

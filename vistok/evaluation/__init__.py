@@ -1,9 +1,20 @@
 """Evaluation: importing this package registers vistok's metrics and feature
 extractors."""
-from .feature_extractors import (FeatureExtractor, InceptionV3Compat,
-                                 PytorchFIDInception, RandomConvFeatures)
-from .metrics import (PSNR, SSIM, VOI, AdaptedRandError, CodebookUsage,
-                      FrechetInceptionDistance, LPIPSMetric)
+from .feature_extractors import (
+    FeatureExtractor,
+    InceptionV3Compat,
+    PytorchFIDInception,
+    RandomConvFeatures,
+)
+from .metrics import (
+    PSNR,
+    SSIM,
+    VOI,
+    AdaptedRandError,
+    CodebookUsage,
+    FrechetInceptionDistance,
+    LPIPSMetric,
+)
 
 __all__ = [
     'PSNR', 'SSIM', 'VOI', 'AdaptedRandError', 'CodebookUsage',

@@ -27,8 +27,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import (
-    BasicConv2d, FeatureExtractorInceptionV3, InceptionA, InceptionB,
-    InceptionC, InceptionD, InceptionE_1, InceptionE_2)
+    BasicConv2d,
+    FeatureExtractorInceptionV3,
+    InceptionA,
+    InceptionB,
+    InceptionC,
+    InceptionD,
+    InceptionE_1,
+    InceptionE_2,
+)
 
 from vistok.models.utils.frozen import freeze_as_buffers, load_frozen_weights
 from vistok.registry import FEATURE_EXTRACTORS

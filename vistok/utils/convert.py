@@ -29,16 +29,28 @@ import os.path as osp
 import re
 import tempfile
 from dataclasses import dataclass, field
-from typing import (Callable, Dict, Iterable, List, Mapping, Optional,
-                    Sequence, Tuple, Union)
+from typing import (
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import torch
 import torch.nn as nn
 
-from vistok.utils.checkpoint import (CheckpointLoadError,
-                                     load_checkpoint_file, pickle_trusted,
-                                     save_checkpoint_atomic,
-                                     trust_pickled_checkpoints)
+from vistok.utils.checkpoint import (
+    CheckpointLoadError,
+    load_checkpoint_file,
+    pickle_trusted,
+    save_checkpoint_atomic,
+    trust_pickled_checkpoints,
+)
 
 Shape = Tuple[int, ...]
 Transform = Callable[[torch.Tensor], torch.Tensor]

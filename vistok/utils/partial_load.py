@@ -27,9 +27,15 @@ import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 
-from vistok.utils.convert import (ConversionError, ConversionReport, Rule,
-                                  Shape, convert_state_dict, format_key_list,
-                                  target_shapes)
+from vistok.utils.convert import (
+    ConversionError,
+    ConversionReport,
+    Rule,
+    Shape,
+    convert_state_dict,
+    format_key_list,
+    target_shapes,
+)
 from vistok.utils.weights import load_state_dict_file
 
 DEFAULT_HOW_TO_GET = ('Point it to a checkpoint of a run that trained this '

@@ -13,7 +13,8 @@ def get_rng_state() -> dict:
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state = dict(
         python=dict(version=version, internal=list(internal), gauss=gauss),
-        numpy=dict(name=np_name, keys=torch.from_numpy(np_keys.astype(np.int64)),
+        numpy=dict(name=np_name,
+                   keys=torch.from_numpy(np_keys.astype(np.int64)),
                    pos=int(np_pos), has_gauss=int(np_has_gauss),
                    cached_gaussian=float(np_gauss)),
         torch=torch.get_rng_state(),

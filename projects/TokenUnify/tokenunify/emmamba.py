@@ -58,9 +58,14 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from vistok.models.backbones.conv3d import (Downsample3d, GSCBlock3d,
-                                            ResBlock3d, Size3, Upsample3d,
-                                            check_volume)
+from vistok.models.backbones.conv3d import (
+    Downsample3d,
+    GSCBlock3d,
+    ResBlock3d,
+    Size3,
+    Upsample3d,
+    check_volume,
+)
 from vistok.models.backbones.mamba import MambaMixer
 from vistok.registry import BACKBONES
 

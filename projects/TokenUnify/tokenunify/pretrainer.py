@@ -53,9 +53,18 @@ from vistok.evaluation.metrics.psnr import psnr
 from vistok.models.utils.optimizer_step import NonFiniteGuard, update_params
 from vistok.registry import BACKBONES, METRICS, MODELS
 from vistok.structures import DataSample
-from .tokens import (FILL_MODES, check_ratio_range, draw_prefix_lengths,
-                     fill_hidden, gather_tokens, prefix_token_mask,
-                     random_token_mask, size3, token_grid, tokens_to_voxels)
+from .tokens import (
+    FILL_MODES,
+    check_ratio_range,
+    draw_prefix_lengths,
+    fill_hidden,
+    gather_tokens,
+    prefix_token_mask,
+    random_token_mask,
+    size3,
+    token_grid,
+    tokens_to_voxels,
+)
 
 #: task names, in the order of the paper's α, β, γ
 TASKS = ('random', 'next_token', 'next_all')

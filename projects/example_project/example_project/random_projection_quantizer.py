@@ -1,10 +1,12 @@
 import torch
 import torch.nn.functional as F
 
-from vistok.models.quantizers.base import (BaseQuantizer,
-                                           flatten_channels_last,
-                                           straight_through,
-                                           unflatten_channels_first)
+from vistok.models.quantizers.base import (
+    BaseQuantizer,
+    flatten_channels_last,
+    straight_through,
+    unflatten_channels_first,
+)
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
 

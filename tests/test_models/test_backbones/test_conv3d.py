@@ -4,8 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vistok.models.backbones.conv3d import (Downsample3d, GSCBlock3d,
-                                            ResBlock3d, Upsample3d)
+from vistok.models.backbones.conv3d import (
+    Downsample3d,
+    GSCBlock3d,
+    ResBlock3d,
+    Upsample3d,
+)
 
 
 def randomise_norms(module):

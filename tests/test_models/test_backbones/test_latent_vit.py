@@ -1,9 +1,11 @@
 import pytest
 import torch
 
-from vistok.models.backbones.latent_vit import (LATENT_VIT_SIZES,
-                                                LatentTokenDecoder,
-                                                LatentTokenEncoder)
+from vistok.models.backbones.latent_vit import (
+    LATENT_VIT_SIZES,
+    LatentTokenDecoder,
+    LatentTokenEncoder,
+)
 from vistok.models.heads.pixel import PixelHead
 from vistok.models.heads.token_logit import TokenLogitHead
 from vistok.models.quantizers.vq import VectorQuantizer

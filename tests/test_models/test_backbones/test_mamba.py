@@ -4,10 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vistok.models.backbones.mamba import (MambaMixer, causal_conv1d,
-                                           deinterleave, interleave,
-                                           selective_scan,
-                                           selective_scan_reference)
+from vistok.models.backbones.mamba import (
+    MambaMixer,
+    causal_conv1d,
+    deinterleave,
+    interleave,
+    selective_scan,
+    selective_scan_reference,
+)
 from vistok.registry import BACKBONES
 
 SCAN_ARGS = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
@@ -15,8 +19,7 @@ SCAN_ARGS = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
 
 def mamba_ssm_available():
     try:
-        from mamba_ssm.ops.selective_scan_interface import \
-            selective_scan_fn  # noqa: F401
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
     except Exception:
         return False
     return True

@@ -11,9 +11,13 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 from _helpers import REPO_ROOT
-from vistok.models.backbones.conv import (AttnBlock, AvgPoolDownsample,
-                                          ConvDecoder, ConvEncoder,
-                                          ResnetBlock)
+from vistok.models.backbones.conv import (
+    AttnBlock,
+    AvgPoolDownsample,
+    ConvDecoder,
+    ConvEncoder,
+    ResnetBlock,
+)
 
 BASE = osp.join(REPO_ROOT, 'configs/_base_/models/maskgit_vqgan_conv-f16.py')
 CONFIG = osp.join(REPO_ROOT, 'configs/maskgit_vqgan/'

@@ -7,15 +7,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vistok.models.generators.base import (BaseGenerator, ClassEmbedding,
-                                           token_cross_entropy)
+from vistok.models.backbones.transformer import (
+    MLP,
+    Attention,
+    KVCache,
+    RMSNorm,
+    SwiGLU,
+    TransformerBlock,
+    apply_rope,
+    llama_ffn_dim,
+    new_caches,
+    rope_table_1d,
+    rope_table_2d,
+)
+from vistok.models.generators.base import (
+    BaseGenerator,
+    ClassEmbedding,
+    token_cross_entropy,
+)
 from vistok.models.generators.sampling import TokenSampler
-from vistok.models.backbones.transformer import (Attention, KVCache, MLP,
-                                                  RMSNorm, SwiGLU,
-                                                  TransformerBlock,
-                                                  apply_rope, llama_ffn_dim,
-                                                  new_caches, rope_table_1d,
-                                                  rope_table_2d)
 
 
 def test_rms_norm_matches_formula_and_torch():

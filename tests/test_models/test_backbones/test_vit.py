@@ -4,9 +4,14 @@ import torch
 import torch.nn as nn
 
 from vistok.models.backbones.transformer import DropPath
-from vistok.models.backbones.vit import (TIMM_BLOCK_NAMES, PatchEmbed,
-                                         ViTDecoder, ViTEncoder, build_blocks,
-                                         sincos_pos_embed_2d)
+from vistok.models.backbones.vit import (
+    TIMM_BLOCK_NAMES,
+    PatchEmbed,
+    ViTDecoder,
+    ViTEncoder,
+    build_blocks,
+    sincos_pos_embed_2d,
+)
 from vistok.models.heads.pixel import patchify
 from vistok.registry import BACKBONES
 

@@ -6,8 +6,11 @@ import pytest
 import torch
 from mmengine.optim import OptimWrapper
 
-from vistok.models.generators.maskgit import (MaskGITGenerator, gumbel_noise,
-                                              mask_schedule)
+from vistok.models.generators.maskgit import (
+    MaskGITGenerator,
+    gumbel_noise,
+    mask_schedule,
+)
 from vistok.models.generators.sampling import TokenSampler
 from vistok.registry import MODELS
 

@@ -5,8 +5,12 @@ import pytest
 import torch
 
 from vistok.models.data_preprocessors import TokenDataPreprocessor
-from vistok.models.generators.sampling import (TokenSampler, filter_logits,
-                                               guidance_scale, sample_logits)
+from vistok.models.generators.sampling import (
+    TokenSampler,
+    filter_logits,
+    guidance_scale,
+    sample_logits,
+)
 from vistok.registry import SAMPLERS
 
 

@@ -6,8 +6,12 @@ import pytest
 import torch
 from timm.layers import DropPath as TimmDropPath
 
-from vistok.models.backbones import (AdaLNBeforeHead, AdaLNSelfAttn, VARFFN,
-                                     VARSelfAttention)
+from vistok.models.backbones import (
+    VARFFN,
+    AdaLNBeforeHead,
+    AdaLNSelfAttn,
+    VARSelfAttention,
+)
 from vistok.models.backbones.transformer import DropPath
 from vistok.models.generators.sampling import TokenSampler
 from vistok.models.generators.var import VARGenerator

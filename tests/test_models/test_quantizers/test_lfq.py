@@ -4,10 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vistok.models.quantizers.lfq import (LookupFreeQuantizer,
-                                          bit_pattern_probabilities,
-                                          codebook_entropy_exact,
-                                          codebook_entropy_marginal)
+from vistok.models.quantizers.lfq import (
+    LookupFreeQuantizer,
+    bit_pattern_probabilities,
+    codebook_entropy_exact,
+    codebook_entropy_marginal,
+)
 from vistok.registry import QUANTIZERS
 
 BITS = 6

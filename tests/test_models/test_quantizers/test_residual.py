@@ -7,8 +7,7 @@ import torch
 from _helpers import train_quantizer
 from vistok.models.quantizers.fsq import FiniteScalarQuantizer  # noqa: F401
 from vistok.models.quantizers.lfq import LookupFreeQuantizer  # noqa: F401
-from vistok.models.quantizers.residual import (DROPPED_INDEX,
-                                               ResidualQuantizer)
+from vistok.models.quantizers.residual import DROPPED_INDEX, ResidualQuantizer
 from vistok.models.quantizers.vq import VectorQuantizer
 from vistok.registry import QUANTIZERS
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from mmengine.optim import OptimWrapper
 from skimage.metrics import variation_of_information
 
+import vistok.models.segmentors.watershed  # noqa: F401  (registers)
 from vistok.datasets.em.affinity import affinities_from_labels
 from vistok.evaluation.metrics.segmentation import VOI, AdaptedRandError
 from vistok.models.losses.class_balanced_mse import ClassBalancedMSELoss
@@ -13,8 +14,6 @@ from vistok.models.segmentors.affinity_segmentor import AffinitySegmentor
 from vistok.models.segmentors.sliding_window import sliding_window_inference
 from vistok.registry import BACKBONES, MODELS
 from vistok.structures import DataSample
-
-import vistok.models.segmentors.watershed  # noqa: F401  (registers)
 
 
 @BACKBONES.register_module(name='TinyAffinityConvNetForTest', force=True)

@@ -6,8 +6,12 @@ from skimage.metrics import variation_of_information
 
 from vistok.datasets.em.affinity import affinities_from_labels
 from vistok.models.segmentors.multicut import (
-    Multicut, greedy_additive_edge_contraction, kernighan_lin,
-    multicut_objective, probabilities_to_costs)
+    Multicut,
+    greedy_additive_edge_contraction,
+    kernighan_lin,
+    multicut_objective,
+    probabilities_to_costs,
+)
 from vistok.registry import POSTPROCESSORS
 
 

@@ -4,10 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vistok.models.segmentors.sliding_window import (gaussian_importance_map,
-                                                     num_windows,
-                                                     sliding_window_inference,
-                                                     window_starts)
+from vistok.models.segmentors.sliding_window import (
+    gaussian_importance_map,
+    num_windows,
+    sliding_window_inference,
+    window_starts,
+)
 
 
 def pointwise(x):

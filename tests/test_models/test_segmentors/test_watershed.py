@@ -4,12 +4,15 @@ import scipy.ndimage as ndi
 from skimage.metrics import variation_of_information
 
 from vistok.datasets.em.affinity import affinities_from_labels
-from vistok.models.segmentors.watershed import (MEAN_SCORING, MEDIAN_SCORING,
-                                                WatershedAgglomeration,
-                                                WatershedFragments,
-                                                agglomerate_numpy,
-                                                parse_scoring_function,
-                                                region_adjacency)
+from vistok.models.segmentors.watershed import (
+    MEAN_SCORING,
+    MEDIAN_SCORING,
+    WatershedAgglomeration,
+    WatershedFragments,
+    agglomerate_numpy,
+    parse_scoring_function,
+    region_adjacency,
+)
 from vistok.registry import POSTPROCESSORS
 
 

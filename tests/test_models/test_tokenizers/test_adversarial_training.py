@@ -10,11 +10,15 @@ from mmengine.logging import MessageHub
 from mmengine.optim import OptimWrapper
 
 from vistok.engine.optimizers import MultiPartOptimWrapperConstructor
-from vistok.models.utils import NonFiniteLossError
-from vistok.models.losses import (AdversarialLoss, adaptive_gan_weight,
-                                  discriminator_gan_loss, generator_gan_loss,
-                                  r1_penalty)
+from vistok.models.losses import (
+    AdversarialLoss,
+    adaptive_gan_weight,
+    discriminator_gan_loss,
+    generator_gan_loss,
+    r1_penalty,
+)
 from vistok.models.tokenizers.autoencoder import AutoencoderTokenizer
+from vistok.models.utils import NonFiniteLossError
 
 
 class TinyDisc(nn.Module):

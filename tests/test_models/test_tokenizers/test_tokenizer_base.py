@@ -7,8 +7,11 @@ import re
 import pytest
 import torch
 
-from vistok.models.tokenizers import (AutoencoderTokenizer, BaseTokenizer,
-                                      TiTokTokenizer)
+from vistok.models.tokenizers import (
+    AutoencoderTokenizer,
+    BaseTokenizer,
+    TiTokTokenizer,
+)
 
 
 def tiny_autoencoder(**extra):

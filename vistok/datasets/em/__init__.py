@@ -2,15 +2,34 @@
 generator, EM augmentations and affinity targets. Volumes are ``(D, H, W)``
 = ``(z, y, x)``; importing this package registers its datasets and
 transforms."""
-from .affinity import (NEAREST_NEIGHBOUR_OFFSETS, GenerateAffinities,
-                       affinities_from_labels, widen_label_boundaries)
-from .synthetic import (SyntheticEMDataset, SyntheticEMVolume,
-                        write_synthetic_h5)
-from .transforms import (EMCenterCrop, EMElasticDeform, EMIntensityJitter,
-                         EMMisalignment, EMMissingSection, EMMotionBlur,
-                         EMRandomFlip, EMRandomRotate90, PackEMInputs)
-from .volume_dataset import (CREMI_UNLABELLED, EMVolumeDataset, read_window,
-                             resolve_region)
+from .affinity import (
+    NEAREST_NEIGHBOUR_OFFSETS,
+    GenerateAffinities,
+    affinities_from_labels,
+    widen_label_boundaries,
+)
+from .synthetic import (
+    SyntheticEMDataset,
+    SyntheticEMVolume,
+    write_synthetic_h5,
+)
+from .transforms import (
+    EMCenterCrop,
+    EMElasticDeform,
+    EMIntensityJitter,
+    EMMisalignment,
+    EMMissingSection,
+    EMMotionBlur,
+    EMRandomFlip,
+    EMRandomRotate90,
+    PackEMInputs,
+)
+from .volume_dataset import (
+    CREMI_UNLABELLED,
+    EMVolumeDataset,
+    read_window,
+    resolve_region,
+)
 
 __all__ = [
     'CREMI_UNLABELLED', 'EMCenterCrop', 'EMElasticDeform',

@@ -24,8 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from vistok.registry import DATASETS
-from .volume_dataset import (CREMI_UNLABELLED, EMVolumeDataset,
-                             resolve_region)
+from .volume_dataset import CREMI_UNLABELLED, EMVolumeDataset, resolve_region
 
 MEMBRANE_LABELS = ('assign', 'zero')
 

@@ -73,11 +73,13 @@ def read_window(read_block, region: Region, origin: Sequence[int],
     lo = [min(max(o, r0), r1) for o, (r0, r1) in zip(origin, region)]
     hi = [max(min(o + s, r1), r0)
           for o, s, (r0, r1) in zip(origin, size, region)]
-    if any(h <= l for l, h in zip(lo, hi)):
+    if any(stop <= start for start, stop in zip(lo, hi)):
         raise ValueError(f'window at {tuple(origin)} of size {tuple(size)} '
                          f'does not overlap the region {region}')
-    block = read_block(tuple(slice(l, h) for l, h in zip(lo, hi)))
-    pad = [(l - o, o + s - h) for o, s, l, h in zip(origin, size, lo, hi)]
+    block = read_block(
+        tuple(slice(start, stop) for start, stop in zip(lo, hi)))
+    pad = [(start - o, o + s - stop)
+           for o, s, start, stop in zip(origin, size, lo, hi)]
     if any(before or after for before, after in pad):
         block = np.pad(block, pad, mode='reflect')
     return block

@@ -44,9 +44,10 @@ class CodebookUsageHook(Hook):
     model has ``pop_code_counts() -> Dict[str, Tensor]``, level prefix →
     histogram ``(K,)``, resetting its counters; a level missing on some
     rank counts as unused there), sums them over the ranks
-    (``mmengine.dist.all_reduce_dict``) and writes, per level (see :func:`window_usage`),
-    ``usage``, ``perplexity``, ``entropy`` and ``dead_codes`` into the
-    message hub as ``train/{log_prefix}{level prefix}{name}``, e.g.
+    (``mmengine.dist.all_reduce_dict``) and writes, per level (see
+    :func:`window_usage`), ``usage``, ``perplexity``, ``entropy`` and
+    ``dead_codes`` into the message hub as
+    ``train/{log_prefix}{level prefix}{name}``, e.g.
     ``train/codebook/depth0.usage``. ``LoggerHook`` puts the latest value of
     these scalars in its log line and sends them to the visualizer's
     backends (TensorBoard, ...) at its own interval, so make ``interval`` a

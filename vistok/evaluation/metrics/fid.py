@@ -33,15 +33,21 @@ import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
-from torch_fidelity.metric_fid import (KEY_METRIC_FID,
-                                       fid_features_to_statistics,
-                                       fid_statistics_to_metric)
-from torch_fidelity.metric_isc import (KEY_METRIC_ISC_MEAN,
-                                       KEY_METRIC_ISC_STD,
-                                       isc_features_to_metric)
-from torch_fidelity.metric_kid import (KEY_METRIC_KID_MEAN,
-                                       KEY_METRIC_KID_STD,
-                                       kid_features_to_metric)
+from torch_fidelity.metric_fid import (
+    KEY_METRIC_FID,
+    fid_features_to_statistics,
+    fid_statistics_to_metric,
+)
+from torch_fidelity.metric_isc import (
+    KEY_METRIC_ISC_MEAN,
+    KEY_METRIC_ISC_STD,
+    isc_features_to_metric,
+)
+from torch_fidelity.metric_kid import (
+    KEY_METRIC_KID_MEAN,
+    KEY_METRIC_KID_STD,
+    kid_features_to_metric,
+)
 
 from vistok.evaluation.feature_extractors import FeatureExtractor
 from vistok.registry import FEATURE_EXTRACTORS, METRICS

@@ -1,12 +1,20 @@
 from .conv import ConvDecoder, ConvEncoder
 from .conv3d import Downsample3d, GSCBlock3d, ResBlock3d, Upsample3d
 from .latent_vit import LatentTokenDecoder, LatentTokenEncoder
-from .mamba import (MambaMixer, causal_conv1d, selective_scan,
-                    selective_scan_reference)
+from .mamba import (
+    MambaMixer,
+    causal_conv1d,
+    selective_scan,
+    selective_scan_reference,
+)
 from .timm_wrapper import TimmBackbone
 from .transformer import TransformerBlock
-from .var_transformer import (AdaLNBeforeHead, AdaLNSelfAttn, VARFFN,
-                              VARSelfAttention)
+from .var_transformer import (
+    VARFFN,
+    AdaLNBeforeHead,
+    AdaLNSelfAttn,
+    VARSelfAttention,
+)
 from .vit import ViTDecoder, ViTEncoder
 
 __all__ = [

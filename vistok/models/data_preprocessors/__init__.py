@@ -1,5 +1,9 @@
-from .image import (DEFAULT_IMAGE_PREPROCESSOR, PIXEL_MAX, ImagePreprocessor,
-                    image_preprocessor_cfg)
+from .image import (
+    DEFAULT_IMAGE_PREPROCESSOR,
+    PIXEL_MAX,
+    ImagePreprocessor,
+    image_preprocessor_cfg,
+)
 from .token import TokenDataPreprocessor
 from .volume import VolumeDataPreprocessor
 

@@ -25,8 +25,9 @@ def randint(num: int, low: int, high: int, device: torch.device,
             generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """``num`` integers in ``[low, high)`` on ``device``, drawn from
     ``generator`` (on the generator's device) when given."""
-    draw = torch.randint(low, high, (num, ), generator=generator,
-                         device=device if generator is None else generator.device)
+    draw = torch.randint(
+        low, high, (num, ), generator=generator,
+        device=device if generator is None else generator.device)
     return draw.to(device)
 
 
@@ -89,7 +90,8 @@ class DiffAugment(nn.Module):
                              f'{unknown}; choose from {POLICIES}')
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f'prob must be in [0, 1], got {prob}')
-        self.translation_ratio, self.cutout_ratio = translation_ratio, cutout_ratio
+        self.translation_ratio = translation_ratio
+        self.cutout_ratio = cutout_ratio
         self.prob = prob
         self.brightness_range = tuple(brightness_range)
         self.saturation_range = tuple(saturation_range)
@@ -116,9 +118,11 @@ class DiffAugment(nn.Module):
     def _color(self, x, generator):
         x = x + self._factor(x, self.brightness_range, generator)
         mean = x.mean(dim=1, keepdim=True)
-        x = (x - mean) * self._factor(x, self.saturation_range, generator) + mean
+        x = (x - mean) * self._factor(
+            x, self.saturation_range, generator) + mean
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        return (x - mean) * self._factor(x, self.contrast_range, generator) + mean
+        return (x - mean) * self._factor(
+            x, self.contrast_range, generator) + mean
 
     def _translation(self, x, generator):
         B, C, H, W = x.shape
@@ -127,8 +131,10 @@ class DiffAugment(nn.Module):
         dh = randint(B, -shift_h, shift_h + 1, x.device, generator)
         dw = randint(B, -shift_w, shift_w + 1, x.device, generator)
         # source index in the 1-pixel zero-padded image; out of range -> pad
-        rows = (torch.arange(H, device=x.device) + dh[:, None] + 1).clamp(0, H + 1)
-        cols = (torch.arange(W, device=x.device) + dw[:, None] + 1).clamp(0, W + 1)
+        rows = (torch.arange(H, device=x.device)
+                + dh[:, None] + 1).clamp(0, H + 1)
+        cols = (torch.arange(W, device=x.device)
+                + dw[:, None] + 1).clamp(0, W + 1)
         x = F.pad(x, [1, 1, 1, 1])
         x = x.gather(2, rows[:, None, :, None].expand(B, C, H, W + 2))
         return x.gather(3, cols[:, None, None, :].expand(B, C, H, W))
@@ -137,8 +143,10 @@ class DiffAugment(nn.Module):
         B, _, H, W = x.shape
         size_h = int(H * self.cutout_ratio + 0.5)
         size_w = int(W * self.cutout_ratio + 0.5)
-        top = randint(B, 0, H + 1 - size_h % 2, x.device, generator) - size_h // 2
-        left = randint(B, 0, W + 1 - size_w % 2, x.device, generator) - size_w // 2
+        top = (randint(B, 0, H + 1 - size_h % 2, x.device, generator)
+               - size_h // 2)
+        left = (randint(B, 0, W + 1 - size_w % 2, x.device, generator)
+                - size_w // 2)
         rows = torch.arange(H, device=x.device) - top[:, None]
         cols = torch.arange(W, device=x.device) - left[:, None]
         inside = (((rows >= 0) & (rows < size_h))[:, :, None]

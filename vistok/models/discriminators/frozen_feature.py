@@ -184,8 +184,9 @@ class FrozenFeatureDiscriminator(nn.Module):
         state = load_state_dict_file(self.weights_path, 'weights_path', how)
         load_frozen_weights(self.trunk, state, self.weights_path)
 
-    def preprocess(self, images: torch.Tensor,
-                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def preprocess(
+            self, images: torch.Tensor,
+            generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Augment, crop / resize and normalise ``(B, 3, H, W)`` images in
         ``[-1, 1]`` to the trunk's input ``(B, 3, S, S)``, in fp32."""
         with torch.autocast(device_type=images.device.type, enabled=False):
@@ -207,7 +208,8 @@ class FrozenFeatureDiscriminator(nn.Module):
         patch tokens plus the class token after the embedding (if
         ``embedding_features``) and after each of ``feature_blocks``."""
         trunk = self.trunk
-        tokens = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(x))))
+        tokens = trunk.norm_pre(trunk.patch_drop(
+            trunk._pos_embed(trunk.patch_embed(x))))
         features = [self._readout(tokens)] if self.embedding_features else []
         for index, block in enumerate(trunk.blocks):
             tokens = block(tokens)

@@ -38,22 +38,26 @@ class BlurPool(nn.Module):
                              f'positive sum, got {kernel}')
         taps = torch.tensor(kernel, dtype=torch.float32)
         if spatial_dims not in (1, 2, 3):
-            raise ValueError(f'spatial_dims must be 1, 2 or 3, got {spatial_dims}')
+            raise ValueError(
+                f'spatial_dims must be 1, 2 or 3, got {spatial_dims}')
         filt = taps
         for _ in range(spatial_dims - 1):
             filt = filt[..., None] * taps
         self.register_buffer('kernel', (filt / filt.sum())[None, None],
                              persistent=False)
-        self.stride, self.spatial_dims, self.pad_mode = stride, spatial_dims, pad_mode
+        self.stride, self.spatial_dims = stride, spatial_dims
+        self.pad_mode = pad_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         taps, stride = self.kernel.shape[-1], self.stride
         pad = []
         for size in reversed(x.shape[2:]):  # F.pad lists the last axis first
-            total = max((math.ceil(size / stride) - 1) * stride + taps - size, 0)
+            total = max(
+                (math.ceil(size / stride) - 1) * stride + taps - size, 0)
             pad += [total // 2, total - total // 2]
         x = F.pad(x, pad, mode=self.pad_mode)
-        weight = self.kernel.to(x.dtype).expand(x.shape[1], 1, *self.kernel.shape[2:])
+        weight = self.kernel.to(x.dtype).expand(
+            x.shape[1], 1, *self.kernel.shape[2:])
         conv = getattr(F, f'conv{self.spatial_dims}d')
         return conv(x, weight, stride=self.stride, groups=x.shape[1])
 
@@ -68,8 +72,9 @@ class MaskGITDiscriminator(nn.Module):
     ``conv(in_kernel_size) → LeakyReLU``; per stage ``i``:
     ``conv(stage_kernel_size) → BlurPool → GroupNorm(num_groups) →
     LeakyReLU`` to ``base_channels · channel_mults[i]`` channels; adaptive
-    max-pool to ``pool_size``; ``conv(1×1) → LeakyReLU → conv(out_kernel_size)``
-    to one channel. All convs are stride 1 with "same" padding and a bias.
+    max-pool to ``pool_size``; ``conv(1×1) → LeakyReLU →
+    conv(out_kernel_size)`` to one channel. All convs are stride 1 with
+    "same" padding and a bias.
     Module names match TiTok's (``block_in``, ``blocks``, ``pool``,
     ``to_logits``): its discriminator weights load once their persistent
     blur-filter entries ``blocks.*.1.kernel`` (fixed; rebuilt here) are
@@ -113,7 +118,8 @@ class MaskGITDiscriminator(nn.Module):
             raise ValueError('channel_mults must name at least one stage')
 
         def conv(cin, cout, kernel_size):
-            return build_conv(spatial_dims, cin, cout, kernel_size, padding='same')
+            return build_conv(spatial_dims, cin, cout, kernel_size,
+                              padding='same')
 
         self.block_in = nn.Sequential(
             conv(in_channels, base_channels, in_kernel_size),

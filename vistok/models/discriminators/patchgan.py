@@ -44,7 +44,8 @@ class LocalBatchNorm(nn.Module):
             raise ValueError(f'virtual_batch_size must be >= 1, got '
                              f'{virtual_batch_size}')
         self.virtual_batch_size, self.eps = virtual_batch_size, eps
-        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.weight = (nn.Parameter(torch.ones(num_features))
+                       if affine else None)
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

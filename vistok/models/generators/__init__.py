@@ -2,8 +2,13 @@
 from .ar import ARGenerator
 from .base import BaseGenerator, ClassEmbedding, token_cross_entropy
 from .maskgit import MASK_SCHEDULES, MaskGITGenerator, mask_schedule
-from .sampling import (GUIDANCE_SCHEDULES, TokenSampler, filter_logits,
-                       guidance_scale, sample_logits)
+from .sampling import (
+    GUIDANCE_SCHEDULES,
+    TokenSampler,
+    filter_logits,
+    guidance_scale,
+    sample_logits,
+)
 from .var import VARGenerator
 
 __all__ = [

@@ -6,14 +6,22 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from vistok.models.generators.base import (BaseGenerator, ClassEmbedding,
-                                           SamplerCfg, token_cross_entropy)
+from vistok.models.backbones.transformer import (
+    KVCache,
+    RMSNorm,
+    TransformerBlock,
+    llama_ffn_dim,
+    new_caches,
+    rope_table_1d,
+    rope_table_2d,
+)
+from vistok.models.generators.base import (
+    BaseGenerator,
+    ClassEmbedding,
+    SamplerCfg,
+    token_cross_entropy,
+)
 from vistok.models.generators.sampling import TokenSampler
-from vistok.models.backbones.transformer import (KVCache, RMSNorm,
-                                                  TransformerBlock,
-                                                  llama_ffn_dim, new_caches,
-                                                  rope_table_1d,
-                                                  rope_table_2d)
 from vistok.registry import MODELS
 
 

@@ -7,10 +7,14 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from vistok.models.generators.base import (BaseGenerator, ClassEmbedding,
-                                           SamplerCfg, token_cross_entropy)
-from vistok.models.generators.sampling import TokenSampler
 from vistok.models.backbones.transformer import TransformerBlock
+from vistok.models.generators.base import (
+    BaseGenerator,
+    ClassEmbedding,
+    SamplerCfg,
+    token_cross_entropy,
+)
+from vistok.models.generators.sampling import TokenSampler
 from vistok.registry import MODELS
 
 MASK_SCHEDULES = ('cosine', 'arccos', 'linear')

@@ -15,16 +15,21 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from vistok.models.utils.frozen import freeze_as_buffers, load_frozen_weights
-from vistok.models.generators.base import (BaseGenerator, ClassEmbedding,
-                                           SamplerCfg, token_cross_entropy)
-from vistok.models.generators.sampling import TokenSampler
 from vistok.models.backbones.transformer import new_caches
-from vistok.models.backbones.var_transformer import (AdaLNBeforeHead,
-                                                     AdaLNSelfAttn)
+from vistok.models.backbones.var_transformer import (
+    AdaLNBeforeHead,
+    AdaLNSelfAttn,
+)
+from vistok.models.generators.base import (
+    BaseGenerator,
+    ClassEmbedding,
+    SamplerCfg,
+    token_cross_entropy,
+)
+from vistok.models.generators.sampling import TokenSampler
 from vistok.models.quantizers.multiscale import MultiScaleResidualQuantizer
-from vistok.models.quantizers.product import (ProductQuantizer,
-                                              unstack_branches)
+from vistok.models.quantizers.product import ProductQuantizer, unstack_branches
+from vistok.models.utils.frozen import freeze_as_buffers, load_frozen_weights
 from vistok.registry import MODELS, QUANTIZERS
 from vistok.utils.weights import MissingWeightsError, load_state_dict_file
 

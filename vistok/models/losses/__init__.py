@@ -1,6 +1,11 @@
-from .adversarial import (GAN_LOSS_TYPES, AdversarialLoss, adaptive_gan_weight,
-                          discriminator_gan_loss, generator_gan_loss,
-                          r1_penalty)
+from .adversarial import (
+    GAN_LOSS_TYPES,
+    AdversarialLoss,
+    adaptive_gan_weight,
+    discriminator_gan_loss,
+    generator_gan_loss,
+    r1_penalty,
+)
 from .class_balanced_mse import ClassBalancedMSELoss
 from .perceptual import LPIPS, PerceptualFeatureLoss
 from .reconstruction import CharbonnierLoss, L1Loss, MSELoss, PixelLoss

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vistok.utils.dist import all_reduce_sum_, is_distributed
 from vistok.registry import LOSSES
+from vistok.utils.dist import all_reduce_sum_, is_distributed
 
 GAN_LOSS_TYPES = ('hinge', 'non_saturating', 'vanilla')
 

@@ -7,8 +7,9 @@
   classifier logits (TiTok / MaskGIT: MSE of ConvNeXt-S logits at 224 px) or
   on channel-normalised intermediate feature maps.
 
-Both networks are frozen (:func:`vistok.models.utils.frozen.freeze_as_buffers`):
-no parameters, nothing in the state dict, gradients flow through to ``pred``.
+Both networks are frozen
+(:func:`vistok.models.utils.frozen.freeze_as_buffers`): no parameters,
+nothing in the state dict, gradients flow through to ``pred``.
 Their weights are read from local files in ``init_weights()`` only, and the
 math runs in fp32 under autocast.
 """

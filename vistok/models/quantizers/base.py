@@ -10,7 +10,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
 
 #: a sub-quantizer given as a ``QUANTIZERS`` config or as a built module

@@ -9,12 +9,16 @@ from numbers import Integral
 from typing import Optional, Sequence
 
 import torch
-import torch.nn as nn
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import (BaseQuantizer, check_latent, code_space_projections, straight_through,
-                   usage_stats)
+from .base import (
+    BaseQuantizer,
+    check_latent,
+    code_space_projections,
+    straight_through,
+    usage_stats,
+)
 
 
 @QUANTIZERS.register_module()

@@ -12,9 +12,15 @@ import torch.nn.functional as F
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import (BaseQuantizer, check_latent, QuantizerCfg,
-                   merge_level_losses, merge_level_stats, run_quantizer,
-                   token_levels)
+from .base import (
+    BaseQuantizer,
+    QuantizerCfg,
+    check_latent,
+    merge_level_losses,
+    merge_level_stats,
+    run_quantizer,
+    token_levels,
+)
 
 #: side of the block of bottom tokens under one top token
 FACTOR = 2

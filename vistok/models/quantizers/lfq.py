@@ -11,14 +11,19 @@ from numbers import Integral
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import (BaseQuantizer, check_latent, code_space_projections,
-                   flatten_channels_last, straight_through,
-                   unflatten_channels_first, usage_stats)
+from .base import (
+    BaseQuantizer,
+    check_latent,
+    code_space_projections,
+    flatten_channels_last,
+    straight_through,
+    unflatten_channels_first,
+    usage_stats,
+)
 
 ENTROPY_LOSS_MODES = ('exact', 'marginal')
 

@@ -11,9 +11,14 @@ import torch.nn as nn
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import (BaseQuantizer, QuantizerCfg,
-                   merge_level_losses, merge_level_stats, run_quantizer,
-                   token_levels)
+from .base import (
+    BaseQuantizer,
+    QuantizerCfg,
+    merge_level_losses,
+    merge_level_stats,
+    run_quantizer,
+    token_levels,
+)
 
 #: per-branch indices: a tensor, or a list of tensors (e.g. the per-scale
 #: maps of a multi-scale quantizer)
@@ -103,7 +108,8 @@ class ProductQuantizer(BaseQuantizer):
             first = QUANTIZERS.build_or_take(quantizer)
             branches = [first] + [
                 copy.deepcopy(first) if isinstance(quantizer, nn.Module) else
-                QUANTIZERS.build_or_take(quantizer) for _ in range(num_branches - 1)
+                QUANTIZERS.build_or_take(quantizer)
+                for _ in range(num_branches - 1)
             ]
         if not branches:
             raise ValueError('quantizer must hold at least one branch config')

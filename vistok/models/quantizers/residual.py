@@ -11,9 +11,16 @@ import torch.nn as nn
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import (BaseQuantizer, check_latent, QuantizerCfg,
-                   merge_level_losses, merge_level_stats, run_quantizer,
-                   straight_through, token_levels)
+from .base import (
+    BaseQuantizer,
+    QuantizerCfg,
+    check_latent,
+    merge_level_losses,
+    merge_level_stats,
+    run_quantizer,
+    straight_through,
+    token_levels,
+)
 
 #: index written for a depth that quantizer dropout removed; ``decode``
 #: gives such a depth a zero contribution

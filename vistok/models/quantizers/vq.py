@@ -16,10 +16,16 @@ from safetensors.torch import load_file as load_safetensors
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
 from vistok.utils.checkpoint import load_checkpoint_file
-from .base import (BaseQuantizer, check_latent, code_space_projections,
-                   flatten_channels_last, straight_through,
-                   unflatten_channels_first, usage_stats)
 from vistok.utils.dist import all_reduce_sum_, broadcast_from_rank0_, get_rank
+from .base import (
+    BaseQuantizer,
+    check_latent,
+    code_space_projections,
+    flatten_channels_last,
+    straight_through,
+    unflatten_channels_first,
+    usage_stats,
+)
 
 GRADIENT_ESTIMATORS = ('straight_through', 'rotation_trick')
 MIX_MODES = ('replace', 'recursive')

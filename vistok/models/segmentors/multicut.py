@@ -26,8 +26,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from vistok.registry import POSTPROCESSORS
-from .watershed import (as_affinities, build_fragmenter, region_adjacency,
-                        to_uint32_segmentation)
+from .watershed import (
+    as_affinities,
+    build_fragmenter,
+    region_adjacency,
+    to_uint32_segmentation,
+)
 
 SOLVERS = ('gaec', 'kernighan_lin')
 

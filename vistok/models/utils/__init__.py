@@ -2,8 +2,11 @@
 of a model's parts, frozen pretrained networks, and one optimizer step with
 rank-averaged gradients and the non-finite-loss policy."""
 from .ema import ModelEMA
-from .frozen import (freeze_as_buffers, init_inference_weights,
-                     load_frozen_weights)
+from .frozen import (
+    freeze_as_buffers,
+    init_inference_weights,
+    load_frozen_weights,
+)
 from .optimizer_step import NonFiniteGuard, NonFiniteLossError, update_params
 
 __all__ = [

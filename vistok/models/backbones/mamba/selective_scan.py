@@ -51,8 +51,9 @@ def _cuda_kernel():
     """mamba-ssm's ``selective_scan_fn``, or the import error (cached)."""
     if not _CUDA_KERNEL:
         try:
-            from mamba_ssm.ops.selective_scan_interface import \
-                selective_scan_fn
+            from mamba_ssm.ops.selective_scan_interface import (
+                selective_scan_fn,
+            )
             _CUDA_KERNEL['fn'], _CUDA_KERNEL['error'] = selective_scan_fn, None
         except Exception as error:  # ImportError or a broken CUDA build
             _CUDA_KERNEL['fn'], _CUDA_KERNEL['error'] = None, error
@@ -149,6 +150,7 @@ def _states(dt, dtu, A, B, C=None):
     steps, chunks = dt.shape[:2]
     decay = dt.new_empty(dt.shape + A.shape[-1:])
     h = torch.empty_like(decay)  # Δ B u first, then the states
+    last = None  # set at t == 0
     for t in range(steps):  # (1) each chunk's last state from a zero state
         torch.mul(dt[t].unsqueeze(-1), A, out=decay[t]).exp_()
         torch.mul(dtu[t].unsqueeze(-1), B[t].unsqueeze(-2), out=h[t])
