@@ -77,3 +77,53 @@ def test_registry_finds_vistok_and_mmcv_transforms():
     for name in ('LoadImageRGB', 'PackInputs', 'RandomCrop',
                  'RandomResizedCrop', 'RandomFlip', 'Resize'):
         assert name in TRANSFORMS
+
+
+def adm_random_crop_arr(pil_image, image_size, min_crop_frac=0.8,
+                        max_crop_frac=1.0):
+    """guided-diffusion's ``random_crop_arr`` written out with PIL (the
+    reference), drawing from ``np.random`` in ADM's order."""
+    import math
+
+    from PIL import Image
+    low = math.ceil(image_size / max_crop_frac)
+    high = math.ceil(image_size / min_crop_frac)
+    smaller = np.random.randint(low, high + 1)
+    while min(*pil_image.size) >= 2 * smaller:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size),
+                                     resample=Image.BOX)
+    scale = smaller / min(*pil_image.size)
+    pil_image = pil_image.resize(
+        tuple(round(x * scale) for x in pil_image.size),
+        resample=Image.BICUBIC)
+    arr = np.array(pil_image)
+    crop_y = np.random.randint(arr.shape[0] - image_size + 1)
+    crop_x = np.random.randint(arr.shape[1] - image_size + 1)
+    return arr[crop_y:crop_y + image_size, crop_x:crop_x + image_size]
+
+
+@pytest.mark.parametrize('shape', [(90, 70, 3), (40, 50, 3), (33, 120, 3)])
+def test_adm_random_crop_equals_guided_diffusion(shape):
+    from PIL import Image
+
+    from vistok.datasets.transforms import ADMRandomCrop
+    img = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    transform = ADMRandomCrop(size=16)  # short side U{16..20}
+    for seed in range(6):
+        np.random.seed(seed)
+        out = transform(dict(img=img.copy(), img_shape=shape[:2]))
+        np.random.seed(seed)
+        expected = adm_random_crop_arr(Image.fromarray(img), 16)
+        assert np.array_equal(out['img'], expected)
+        assert out['img_shape'] == (16, 16)
+
+
+def test_adm_random_crop_short_side_range():
+    from vistok.datasets.transforms import ADMRandomCrop
+    transform = ADMRandomCrop(size=256)
+    assert transform.short_side_range == (256, 320)
+    np.random.seed(0)
+    sides = {transform._short_side() for _ in range(2000)}
+    assert sides == set(range(256, 321))
+    with pytest.raises(ValueError, match='min_crop_frac'):
+        ADMRandomCrop(size=256, min_crop_frac=0.0)

@@ -14,15 +14,19 @@ from vistok.models.tokenizers import (
 )
 
 
-def tiny_autoencoder(**extra):
+def tiny_autoencoder_cfg(**extra):
     conv = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
                 resolution=16, z_channels=4, num_groups=4)
-    return AutoencoderTokenizer(
+    return dict(
         encoder=dict(type='ConvEncoder', in_channels=3, **conv),
         quantizer=dict(type='VectorQuantizer', codebook_size=16,
                        embed_dim=4),
         decoder=dict(type='ConvDecoder', out_ch=3, **conv),
         ema=dict(decay=0.9), **extra)
+
+
+def tiny_autoencoder(**extra):
+    return AutoencoderTokenizer(**tiny_autoencoder_cfg(**extra))
 
 
 def base_private_names():
@@ -76,3 +80,24 @@ def test_legacy_image_preprocessor_config_maps_to_pixels():
         1, 3, 2, 2)
     assert torch.equal(model.to_pixels(x)[0, 0].flatten(),
                        torch.tensor([0.0, 127.5, 255.0, 255.0]))
+
+
+def test_extra_loss_terms_join_the_generator_step():
+    """A subclass's extra term is logged, summed into the total and
+    back-propagated; a name clash with the recipe's terms is an error."""
+    class WithExtra(AutoencoderTokenizer):
+        name = 'loss_extra'
+
+        def extra_loss_terms(self, inputs, out, iteration):
+            return [{self.name: 3.0 * out.latent.pow(2).mean()}]
+
+    model = WithExtra(**tiny_autoencoder_cfg())
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    losses = model.loss(images)
+    latent = model.reconstruct(images).latent
+    assert torch.allclose(losses['loss_extra'], 3.0 * latent.pow(2).mean())
+    losses['loss_extra'].backward()
+    assert model.encoder.conv_in.weight.grad is not None
+    model.name = 'loss_l1'
+    with pytest.raises(ValueError, match='duplicate log names'):
+        model.loss(images)

@@ -6,10 +6,14 @@ Images are RGB everywhere in vistok.
 """
 from .formatting import PackInputs
 from .loading import LoadImageRGB, read_image_rgb
-from .processing import RandomCrop, RandomResizedCrop, ResizeShortEdge
+from .processing import (
+    ADMRandomCrop,
+    RandomCrop,
+    RandomResizedCrop,
+    ResizeShortEdge,
+)
 
 __all__ = [
-    'LoadImageRGB', 'PackInputs', 'RandomCrop', 'RandomResizedCrop',
-    'ResizeShortEdge',
-    'read_image_rgb'
+    'ADMRandomCrop', 'LoadImageRGB', 'PackInputs', 'RandomCrop',
+    'RandomResizedCrop', 'ResizeShortEdge', 'read_image_rgb'
 ]

@@ -1,7 +1,8 @@
 """Random square crops (mmcv has ``CenterCrop`` and ``Resize`` but no random
-crop). Randomness comes from the global ``np.random``, so the crops are
-reproducible under :func:`vistok.utils.rng.seeded_rng` (see
-:mod:`vistok.datasets.base`). Images are ``(H, W, C)`` or ``(H, W)`` arrays.
+crop) and ADM's training crop. Randomness comes from the global
+``np.random``, so the crops are reproducible under
+:func:`vistok.utils.rng.seeded_rng` (see :mod:`vistok.datasets.base`).
+Images are ``(H, W, C)`` or ``(H, W)`` arrays.
 """
 import math
 from typing import Sequence, Tuple
@@ -144,3 +145,61 @@ class ResizeShortEdge(BaseTransform):
     def __repr__(self):
         return (f'{type(self).__name__}(size={self.size}, interpolation='
                 f'{self.interpolation!r}, backend={self.backend!r})')
+
+
+@TRANSFORMS.register_module()
+class ADMRandomCrop(BaseTransform):
+    """ADM's training crop (Dhariwal & Nichol 2021, guided-diffusion
+    ``image_datasets.random_crop_arr``; the ImageNet recipe of LlamaGen and
+    ImageFolder): draw the shorter side uniformly from the integers
+    ``[ceil(size / max_crop_frac), ceil(size / min_crop_frac)]`` (256 px:
+    256…320), halve the image with a box filter while its shorter side is
+    at least twice that, resize it (PIL bicubic) to that shorter side, and
+    take a random ``size`` × ``size`` crop (row offset drawn first, as ADM).
+
+    Args:
+        size: output side.
+        min_crop_frac, max_crop_frac: ADM's crop fractions (0.8, 1.0).
+    """
+
+    def __init__(self, size: int, min_crop_frac: float = 0.8,
+                 max_crop_frac: float = 1.0):
+        if not 0 < min_crop_frac <= max_crop_frac <= 1:
+            raise ValueError(f'need 0 < min_crop_frac <= max_crop_frac <= 1, '
+                             f'got {min_crop_frac}, {max_crop_frac}')
+        self.size = size
+        self.min_crop_frac = min_crop_frac
+        self.max_crop_frac = max_crop_frac
+        self.short_side_range = (math.ceil(size / max_crop_frac),
+                                 math.ceil(size / min_crop_frac))
+
+    @cache_randomness
+    def _short_side(self) -> int:
+        low, high = self.short_side_range
+        return int(np.random.randint(low, high + 1))
+
+    @cache_randomness
+    def _offset(self, height: int, width: int) -> Tuple[int, int]:
+        crop_y = np.random.randint(height - self.size + 1)
+        return np.random.randint(width - self.size + 1), crop_y
+
+    def transform(self, results: dict) -> dict:
+        short = self._short_side()
+        img = results['img']
+        while min(img.shape[:2]) >= 2 * short:
+            img = mmcv.imresize(img, (img.shape[1] // 2, img.shape[0] // 2),
+                                interpolation='box', backend='pillow')
+        height, width = img.shape[:2]
+        scale = short / min(height, width)
+        new_w, new_h = round(width * scale), round(height * scale)
+        results['img'] = mmcv.imresize(img, (new_w, new_h),
+                                       interpolation='bicubic',
+                                       backend='pillow')
+        x, y = self._offset(new_h, new_w)
+        _crop(results, x, y, self.size, self.size)
+        return results
+
+    def __repr__(self):
+        return (f'{type(self).__name__}(size={self.size}, min_crop_frac='
+                f'{self.min_crop_frac}, max_crop_frac={self.max_crop_frac})')
+

@@ -16,6 +16,8 @@ points and overrides nothing else:
 * :meth:`~BaseTokenizer.encode`, :meth:`~BaseTokenizer.decode`,
   :meth:`~BaseTokenizer.reconstruct` (required): the tokenizer API, images
   in [-1, 1];
+* :meth:`~BaseTokenizer.extra_loss_terms` (optional): terms added to the
+  default generator step (ImageFolder's semantic loss);
 * :meth:`~BaseTokenizer.generator_losses` (optional): the named loss terms
   of the generator step; the default is the pixel recipe above, helpers
   :meth:`~BaseTokenizer.quantizer_terms` and
@@ -362,6 +364,7 @@ class BaseTokenizer(BaseModel):
             for loss in self.nll_losses()
         }
         terms = self.quantizer_terms(out.quantizer)
+        terms += self.extra_loss_terms(inputs, out, iteration)
         if (self.discriminator is not None
                 and self.adversarial_loss.is_active(iteration)):
             nll = sum(losses.values())
@@ -370,6 +373,14 @@ class BaseTokenizer(BaseModel):
                 self.get_parameter(self.last_layer)))
         self.merge_terms(losses, terms)
         return losses, out.reconstruction
+
+    def extra_loss_terms(self, inputs: torch.Tensor, out: TokenizerOutput,
+                         iteration: int) -> List[LossDict]:
+        """Named terms a tokenizer adds to the default generator step (e.g.
+        ImageFolder's semantic regularisation), from the images in [-1, 1]
+        and the step's :class:`TokenizerOutput`; their names must differ
+        from the other terms'. None by default."""
+        return []
 
     def quantizer_terms(self, quantized: QuantizerOutput) -> List[LossDict]:
         """The quantizer's (already weighted) loss terms and its detached
