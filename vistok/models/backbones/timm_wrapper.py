@@ -28,6 +28,89 @@ from vistok.utils.weights import load_state_dict_file
 Features = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
+def timm_weights_hint(model_name: str) -> str:
+    """How to obtain the local weights file of the timm model
+    ``model_name`` (for :class:`~vistok.utils.weights.MissingWeightsError`)."""
+    return ('Create it on a machine with internet access with `python -c '
+            '"import timm, torch; torch.save(timm.create_model('
+            f"'{model_name}', pretrained=True).state_dict(), "
+            f"'{model_name}.pth')\"` (or download model.safetensors "
+            f'of the Hugging Face repo timm/{model_name}) and set '
+            'this key to the file.')
+
+
+def resample_timm_state_dict(
+        model: nn.Module,
+        state: Dict[str, torch.Tensor],
+        model_name: str = 'the model',
+        source: Optional[str] = 'the checkpoint',
+        checkpoint_grid_size: Optional[Sequence[int]] = None,
+        interpolation: str = 'bicubic',
+        antialias: bool = True) -> Dict[str, torch.Tensor]:
+    """``state`` with ``pos_embed`` and patch-embedding kernels resampled
+    to the shapes of the timm ``model`` (timm's ``resample_abs_pos_embed``
+    / ``resample_patch_embed``); entries ``model`` lacks are passed
+    through, any other tensor whose shape differs is an error naming it.
+
+    Args:
+        model: the timm model the state dict will be loaded into.
+        state: the checkpoint's state dict (not modified).
+        model_name, source: names of the model and of the checkpoint
+            file, for the error message.
+        checkpoint_grid_size: ``(h, w)`` token grid of the checkpoint's
+            position embeddings; ``None`` infers a square grid.
+        interpolation, antialias: of the resampling.
+    """
+    from timm.layers import resample_abs_pos_embed, resample_patch_embed
+    own = dict(model.named_parameters())
+    own.update(model.named_buffers())
+    out = dict(state)
+    for name, value in state.items():
+        target = own.get(name)
+        if target is None or target.shape == value.shape:
+            continue
+        if name == 'pos_embed' and value.dim() == 3:
+            prefix = (0 if getattr(model, 'no_embed_class', False) else
+                      model.num_prefix_tokens)
+            out[name] = resample_abs_pos_embed(
+                value,
+                new_size=list(model.patch_embed.grid_size),
+                old_size=(None if checkpoint_grid_size is None else
+                          list(checkpoint_grid_size)),
+                num_prefix_tokens=prefix,
+                interpolation=interpolation,
+                antialias=antialias)
+        elif (name.endswith('patch_embed.proj.weight')
+              and value.shape[:2] == target.shape[:2]):
+            out[name] = resample_patch_embed(value,
+                                             list(target.shape[-2:]),
+                                             interpolation=interpolation,
+                                             antialias=antialias)
+        else:
+            raise ValueError(f'{source}: {name} has shape '
+                             f'{tuple(value.shape)}, {model_name} '
+                             f'expects {tuple(target.shape)} and only '
+                             f'pos_embed / patch_embed.proj.weight are '
+                             f'resampled')
+    return out
+
+
+def load_timm_state_dict(model: nn.Module,
+                         state: Dict[str, torch.Tensor],
+                         model_name: str = 'the model',
+                         source: Optional[str] = 'the checkpoint') -> None:
+    """Copy every tensor of ``model``'s state dict from ``state`` (already
+    resampled: :func:`resample_timm_state_dict`). Entries ``model`` does
+    not have (a pruned classifier, a removed patch embedding) are ignored;
+    a missing entry is a ``KeyError`` naming ``source`` and examples."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise KeyError(f'{source} lacks {len(missing)} tensors of '
+                       f'{model_name}, e.g. {missing[:5]}')
+    model.load_state_dict({name: state[name] for name in own})
+
+
 @BACKBONES.register_module()
 class TimmBackbone(nn.Module):
     """Features of chosen blocks of a timm model, as channel-first grids.
@@ -110,12 +193,7 @@ class TimmBackbone(nn.Module):
 
     @property
     def how_to_get(self) -> str:
-        return ('Create it on a machine with internet access with `python -c '
-                '"import timm, torch; torch.save(timm.create_model('
-                f"'{self.model_name}', pretrained=True).state_dict(), "
-                f"'{self.model_name}.pth')\"` (or download model.safetensors "
-                f"of the Hugging Face repo timm/{self.model_name}) and set "
-                'this key to the file.')
+        return timm_weights_hint(self.model_name)
 
     def init_weights(self) -> None:
         """Load ``weights_path``, resampled to this model's image and patch
@@ -128,13 +206,8 @@ class TimmBackbone(nn.Module):
         if self.frozen:
             load_frozen_weights(self.model, state, self.weights_path)
             return
-        own = self.model.state_dict()
-        missing = sorted(set(own) - set(state))
-        if missing:
-            raise KeyError(f'{self.weights_path} lacks {len(missing)} '
-                           f'tensors of {self.model_name}, e.g. '
-                           f'{missing[:5]}')
-        self.model.load_state_dict({name: state[name] for name in own})
+        load_timm_state_dict(self.model, state, self.model_name,
+                             self.weights_path)
 
     def resample_state_dict(
             self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -142,38 +215,14 @@ class TimmBackbone(nn.Module):
         to this model's shapes (timm's ``resample_abs_pos_embed`` /
         ``resample_patch_embed``); any other tensor whose shape differs is
         an error naming it."""
-        from timm.layers import resample_abs_pos_embed, resample_patch_embed
-        own = dict(self.model.named_parameters())
-        own.update(self.model.named_buffers())
-        out = dict(state)
-        for name, value in state.items():
-            target = own.get(name)
-            if target is None or target.shape == value.shape:
-                continue
-            if name == 'pos_embed' and value.dim() == 3:
-                prefix = (0 if getattr(self.model, 'no_embed_class', False)
-                          else self.model.num_prefix_tokens)
-                out[name] = resample_abs_pos_embed(
-                    value,
-                    new_size=list(self.model.patch_embed.grid_size),
-                    old_size=self.checkpoint_grid_size,
-                    num_prefix_tokens=prefix,
-                    interpolation=self.resample_interpolation,
-                    antialias=self.resample_antialias)
-            elif (name.endswith('patch_embed.proj.weight')
-                  and value.shape[:2] == target.shape[:2]):
-                out[name] = resample_patch_embed(
-                    value,
-                    list(target.shape[-2:]),
-                    interpolation=self.resample_interpolation,
-                    antialias=self.resample_antialias)
-            else:
-                raise ValueError(f'{self.weights_path}: {name} has shape '
-                                 f'{tuple(value.shape)}, {self.model_name} '
-                                 f'expects {tuple(target.shape)} and only '
-                                 f'pos_embed / patch_embed.proj.weight are '
-                                 f'resampled')
-        return out
+        return resample_timm_state_dict(
+            self.model,
+            state,
+            self.model_name,
+            self.weights_path,
+            checkpoint_grid_size=self.checkpoint_grid_size,
+            interpolation=self.resample_interpolation,
+            antialias=self.resample_antialias)
 
     def forward(self,
                 images: torch.Tensor) -> Union[Features, Tuple[Features, ...]]:
