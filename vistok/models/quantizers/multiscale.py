@@ -25,6 +25,11 @@ DEFAULT_QUANTIZER = dict(type='VectorQuantizer',
                          embed_dim=32,
                          use_l2_norm=True)
 
+#: how quantizer dropout picks the dropped samples (see the class docstring)
+DROPOUT_MODES = ('per_sample', 'first_fraction')
+#: how ``loss_commitment`` combines the scales (see the class docstring)
+COMMITMENT_REDUCTIONS = ('mean', 'sum')
+
 #: indices of the first ``n`` scales: per-scale maps ``[(B, s_i, s_i)]`` or
 #: the flat scale-major sequence ``(B, s_1² + ... + s_n²)``.
 MultiScaleIndices = Union[List[torch.Tensor], torch.Tensor]
@@ -67,32 +72,47 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
     its ``encode`` / ``decode`` are used, so the code added at a scale is
     exactly what it decodes to. With the default ``VectorQuantizer(
     use_l2_norm=True)`` (cosine look-up, as VAR's ``using_znorm`` and
-    ImageFolder) the added codes are the l2-normalised ones (VAR adds the
-    un-normalised embedding after a cosine look-up; here magnitudes are
-    carried by Φ and the encoder). ``use_l2_norm=False`` is VAR's default
-    Euclidean look-up of un-normalised codes. Options of the inner quantizer
-    that act in its own ``forward`` (its losses, EMA updates, restarts) are
-    not used: the codebook learns from ``loss_codebook`` below, and an
-    in-projection of the inner quantizer receives no gradient (the look-up
-    is discrete), so reduce channels in the encoder instead.
+    ImageFolder) the added codes are the l2-normalised ones (magnitudes are
+    then carried by Φ and the encoder); ``VectorQuantizer(use_l2_norm=True,
+    l2_norm_output=False)`` adds the raw codebook row after the cosine
+    look-up, as VAR's and ImageFolder's ``VectorQuantizer2`` do.
+    ``use_l2_norm=False`` is VAR's default Euclidean look-up of
+    un-normalised codes. Options of the inner quantizer that act in its own
+    ``forward`` (its losses, EMA updates, restarts) are not used: the
+    codebook learns from ``loss_codebook`` below, and an in-projection of
+    the inner quantizer receives no gradient (the look-up is discrete), so
+    reduce channels in the encoder instead.
 
     **Losses** (VAR's ``mean_vq_loss``), averaged over the scales of the
     running reconstructions ``f̂_i``, already weighted:
 
     * ``loss_codebook = codebook_weight · mean_i ‖f̂_i - sg[z]‖²`` trains the
       codebook and Φ;
-    * ``loss_commitment = β · mean_i ‖z - sg[f̂_i]‖²``.
+    * ``loss_commitment = β · mean_i ‖z - sg[f̂_i]‖²`` with
+      ``commitment_reduction='mean'`` (VAR), or ``β · Σ_i ‖z - sg[f̂_i]‖²``
+      with ``'sum'`` (ImageFolder's ``quant.py`` adds the per-scale terms
+      without dividing by the number of scales, while it averages the
+      codebook term).
+
+    Each squared error is over the real positions of the samples that keep
+    scale ``i`` (ImageFolder's re-normalisation by the kept ratio). The
+    ``'mean'`` terms pool those errors over all scales (sum of squared
+    errors / number of kept elements); ``'sum'`` adds the per-scale masked
+    means. Without dropout and mask ``'sum'`` is ``n`` × ``'mean'``. (The
+    official codebook term is the mean of the per-scale masked means, which
+    equals the pooled mean whenever every scale keeps the same elements,
+    i.e. without quantizer dropout.)
 
     **Quantizer dropout** (ImageFolder's "folding"; SoundStream's quantizer
-    dropout applied to scales): in training, each sample is dropped with
-    probability ``dropout_ratio`` and then keeps only its first
-    ``m ~ U{start_scale..n}`` scales in ``f̂`` (ImageFolder drops the first
-    ``int(ratio·B)`` samples of the batch, i.e. none for ``B < 1/ratio``; a
-    per-sample draw keeps the ratio for every batch size). The residual
-    still subtracts every scale, so the indices do not depend on the draw.
-    The losses at scale ``i`` average only over the samples that keep it
-    (ImageFolder's re-normalisation by the kept ratio). The draw ``(B,)`` is
-    in ``stats['num_scales']`` (``n`` for kept samples and outside training)
+    dropout applied to scales): in training, a dropped sample keeps only its
+    first ``m ~ U{start_scale..n}`` scales in ``f̂``. Which samples are
+    dropped is ``dropout_mode``: ``'per_sample'`` drops each sample with
+    probability ``dropout_ratio`` (the ratio holds for every batch size);
+    ``'first_fraction'`` drops the first ``int(dropout_ratio·B)`` samples of
+    the batch (ImageFolder's ``xqgan_model.py`` / ``quant.py``; none for
+    ``B < 1/ratio``). The residual still subtracts every scale, so the
+    indices do not depend on the draw. The draw ``(B,)`` is in
+    ``stats['num_scales']`` (``n`` for kept samples and outside training)
     and ``forward(z).quantized`` equals
     ``decode(indices, num_scales=stats['num_scales'])``. A caller (e.g. a
     product quantizer sharing one draw between branches, as ImageFolder
@@ -126,8 +146,13 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
         phi_kernel_size: odd kernel size of the Φ convs (3 in VAR).
         commitment_weight: ``β`` (0.25 in VAR).
         codebook_weight: weight of ``loss_codebook``.
+        commitment_reduction: ``'mean'`` (VAR) or ``'sum'`` (ImageFolder)
+            over the scales, see **Losses**.
         dropout_ratio: probability that a training sample is dropped to
-            fewer scales (0.1 in ImageFolder; 0 = off).
+            fewer scales (``'per_sample'``) or fraction of the batch that is
+            (``'first_fraction'``); 0.1 in ImageFolder, 0 = off.
+        dropout_mode: ``'per_sample'`` or ``'first_fraction'`` (ImageFolder),
+            see **Quantizer dropout**.
         start_scale: smallest number of scales a dropped sample keeps
             (ImageFolder's ``start_drop`` = 3), in ``[1, n]``.
     """
@@ -141,7 +166,9 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
                  phi_kernel_size: int = 3,
                  commitment_weight: float = 0.25,
                  codebook_weight: float = 1.0,
+                 commitment_reduction: str = 'mean',
                  dropout_ratio: float = 0.0,
+                 dropout_mode: str = 'per_sample',
                  start_scale: int = 1):
         scales = tuple(scales)
         if not scales or any(not isinstance(s, int) or s < 1 for s in scales):
@@ -155,6 +182,13 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
         if not 0.0 <= dropout_ratio <= 1.0:
             raise ValueError(
                 f'dropout_ratio must be in [0, 1], got {dropout_ratio}')
+        if dropout_mode not in DROPOUT_MODES:
+            raise ValueError(f'dropout_mode must be one of {DROPOUT_MODES}, '
+                             f'got {dropout_mode!r}')
+        if commitment_reduction not in COMMITMENT_REDUCTIONS:
+            raise ValueError(f'commitment_reduction must be one of '
+                             f'{COMMITMENT_REDUCTIONS}, got '
+                             f'{commitment_reduction!r}')
         if not 1 <= start_scale <= len(scales):
             raise ValueError(f'start_scale must be in [1, len(scales)] = '
                              f'[1, {len(scales)}], got {start_scale}')
@@ -179,7 +213,9 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
         self.phi_ratio = phi_ratio
         self.commitment_weight = commitment_weight
         self.codebook_weight = codebook_weight
+        self.commitment_reduction = commitment_reduction
         self.dropout_ratio = dropout_ratio
+        self.dropout_mode = dropout_mode
         self.start_scale = start_scale
 
         if use_phi:
@@ -323,13 +359,21 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
             device: Union[str, torch.device] = 'cpu') -> torch.Tensor:
         """A quantizer-dropout draw: per-sample number of kept scales
         ``(B,)`` long; ``n`` for every sample outside training or with
-        ``dropout_ratio == 0``, otherwise each sample is dropped with
-        probability ``dropout_ratio`` to ``U{start_scale..n}`` scales."""
+        ``dropout_ratio == 0``, otherwise the dropped samples (each with
+        probability ``dropout_ratio`` for ``dropout_mode='per_sample'``, the
+        first ``int(dropout_ratio · B)`` for ``'first_fraction'``) keep
+        ``U{start_scale..n}`` scales and the others ``n``."""
         num = len(self.scales)
         full = torch.full((batch_size, ), num, dtype=torch.long, device=device)
         if not self.training or self.dropout_ratio == 0:
             return full
-        dropped = torch.rand(batch_size, device=device) < self.dropout_ratio
+        if self.dropout_mode == 'first_fraction':
+            # ImageFolder: n_dropout = int(B * codebook_drop)
+            dropped = (torch.arange(batch_size, device=device) < int(
+                batch_size * self.dropout_ratio))
+        else:
+            dropped = (torch.rand(batch_size, device=device)
+                       < self.dropout_ratio)
         drawn = torch.randint(self.start_scale,
                               num + 1, (batch_size, ),
                               device=device)
@@ -379,11 +423,14 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
                 # losses on the running reconstruction f̂_i, over the real
                 # positions of the samples that keep scale i
                 weight = real * keep[:, None, None, None].float()
+                scale_weight = weight.sum() * z.shape[1]
                 loss_codebook = loss_codebook + (
                     weight * (f_hat - target.detach()).pow(2)).sum()
-                loss_commitment = loss_commitment + (
-                    weight * (target - f_hat.detach()).pow(2)).sum()
-                weight_sum = weight_sum + weight.sum() * z.shape[1]
+                commitment = (weight * (target - f_hat.detach()).pow(2)).sum()
+                if self.commitment_reduction == 'sum':
+                    commitment = commitment / scale_weight.clamp_min(1)
+                loss_commitment = loss_commitment + commitment
+                weight_sum = weight_sum + scale_weight
 
                 counted = self._resize(real, side, 'area')[:, 0] > 0
                 stats.update(
@@ -392,10 +439,13 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
                                 prefix=f'scale{i}.'))
 
         weight_sum = weight_sum.clamp_min(1)
+        # 'sum' already divided each scale by its own kept elements
+        commitment_denominator = (weight_sum if self.commitment_reduction
+                                  == 'mean' else 1)
         loss = dict(loss_codebook=self.codebook_weight * loss_codebook /
                     weight_sum,
                     loss_commitment=self.commitment_weight * loss_commitment /
-                    weight_sum)
+                    commitment_denominator)
         for key in ('perplexity', 'usage'):
             stats[key] = torch.stack([
                 stats[f'scale{i}.{key}'] for i in range(len(self.scales))

@@ -170,7 +170,8 @@ class VectorQuantizer(BaseQuantizer):
     * ``loss_commitment = β · ‖z - sg[e]‖²``, keeps the encoder committed.
 
     Both are computed in the code space, i.e. after the in-projection and
-    the l2 normalisation when those are enabled. The gradient estimator
+    the l2 normalisation when those are enabled (the normalisation only with
+    ``l2_norm_output``: see there). The gradient estimator
     (straight-through, VQ-VAE §3.1, or the rotation trick) is applied in the
     code space too, before the out-projection, so the in-projection receives
     the reconstruction gradient.
@@ -202,6 +203,18 @@ class VectorQuantizer(BaseQuantizer):
             look-up and use the normalised vectors as codes, so the look-up
             is a cosine-similarity argmax ("l2-normalized codes" of
             ViT-VQGAN; used by TiTok, LlamaGen and VAR).
+        l2_norm_output: with ``use_l2_norm``, whether the code out (the
+            ``quantized`` value, :meth:`decode`, the losses, the codebook
+            updates) is the l2-normalised codebook row (``True``, what
+            ``None`` means with ``use_l2_norm=True``) or the raw one
+            (``False``): the look-up stays a cosine argmax over normalised
+            ``z`` and codes, but everything after it is Euclidean on the
+            un-normalised ``z`` and codebook, as VAR's and ImageFolder's
+            ``VectorQuantizer2`` with ``using_znorm=True`` (``quant.py``:
+            argmax of normalised dot products, then the ``nn.Embedding``
+            row). ``None`` follows ``use_l2_norm``; ``True`` without
+            ``use_l2_norm`` is refused (the output is only normalised when
+            the look-up is).
         commitment_weight: ``β`` of VQ-VAE eq. 3.
         codebook_weight: weight of the codebook term of VQ-VAE eq. 3.
         frozen_codebook: keep the codebook fixed (no gradient, no
@@ -272,6 +285,7 @@ class VectorQuantizer(BaseQuantizer):
                  embed_dim: int,
                  in_channels: Optional[int] = None,
                  use_l2_norm: bool = False,
+                 l2_norm_output: Optional[bool] = None,
                  commitment_weight: float = 0.25,
                  codebook_weight: float = 1.0,
                  frozen_codebook: bool = False,
@@ -287,12 +301,19 @@ class VectorQuantizer(BaseQuantizer):
                  external_codebook_path: Optional[str] = None,
                  mix_mode: str = 'replace'):
         super().__init__(embed_dim if in_channels is None else in_channels)
+        if l2_norm_output is None:
+            l2_norm_output = use_l2_norm
+        if l2_norm_output and not use_l2_norm:
+            raise ValueError(
+                'l2_norm_output=True needs use_l2_norm=True (normalised codes '
+                'out only after a cosine look-up), got use_l2_norm=False')
         self._check_options(codebook_size, embed_dim, ema_decay, ema_eps,
                             gradient_estimator, restart_threshold,
                             restart_decay, restart_interval, kmeans_init,
                             kmeans_iters, frozen_codebook, mix_mode)
         self.embed_dim = embed_dim
         self.use_l2_norm = use_l2_norm
+        self.l2_norm_output = bool(l2_norm_output)
         self.commitment_weight = commitment_weight
         self.codebook_weight = codebook_weight
         self.frozen_codebook = frozen_codebook
@@ -420,14 +441,28 @@ class VectorQuantizer(BaseQuantizer):
             self.code_usage[rows] = self.restart_threshold
 
     def code_vectors(self) -> torch.Tensor:
-        """The codes as they are looked up, ``(K, D)`` fp32: mixed with the
+        """The codes as they come out, ``(K, D)`` fp32: mixed with the
         external codebook (``mix_mode='replace'``) and unit-norm with
-        ``use_l2_norm``."""
+        ``l2_norm_output`` (i.e. ``use_l2_norm`` unless
+        ``l2_norm_output=False``)."""
         with torch.autocast(self.codebook.device.type, enabled=False):
             codes = self.codebook.float()
             if self.use_external_codebook and self.mix_mode == 'replace':
                 codes = self._mix(codes)
-            return F.normalize(codes, dim=-1) if self.use_l2_norm else codes
+            return F.normalize(codes, dim=-1) if self.l2_norm_output else codes
+
+    def _nearest(self, flat: torch.Tensor,
+                 codes: torch.Tensor) -> torch.Tensor:
+        """Indices of the nearest ``codes`` ``(K, D)`` (from
+        :meth:`code_vectors`) to the code-space vectors ``flat`` ``(N, D)``
+        (from :meth:`_to_code_space`): Euclidean, which is the cosine argmax
+        when both are already unit-norm (``l2_norm_output``); with
+        ``use_l2_norm`` and raw codes out both are normalised here first."""
+        if self.use_l2_norm and not self.l2_norm_output:
+            with torch.autocast(flat.device.type, enabled=False):
+                flat = F.normalize(flat.float(), dim=-1)
+                codes = F.normalize(codes.float(), dim=-1)
+        return nearest_code(flat, codes)
 
     # --- external codebook (UniCode) ----------------------------------------
     def init_weights(self) -> None:
@@ -487,14 +522,15 @@ class VectorQuantizer(BaseQuantizer):
 
     # --- code space ----------------------------------------------------------
     def _to_code_space(self, z: torch.Tensor):
-        """``(B, C, *spatial)`` -> fp32 code-space vectors ``(N, D)`` and the
-        index shape ``(B, *spatial)``."""
+        """``(B, C, *spatial)`` -> fp32 code-space vectors ``(N, D)``
+        (unit-norm with ``l2_norm_output``) and the index shape
+        ``(B, *spatial)``."""
         check_latent(z, self.in_channels, min_spatial_dims=1)
         flat, index_shape = flatten_channels_last(z)
         flat = self.project_in(flat)
         with torch.autocast(flat.device.type, enabled=False):
             flat = flat.float()
-            if self.use_l2_norm:
+            if self.l2_norm_output:
                 flat = F.normalize(flat, dim=-1)
         return flat, index_shape
 
@@ -506,7 +542,7 @@ class VectorQuantizer(BaseQuantizer):
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """Indices ``(B, *spatial)`` of ``z`` ``(B, C, *spatial)``."""
         flat, index_shape = self._to_code_space(z)
-        return nearest_code(flat, self.code_vectors()).reshape(index_shape)
+        return self._nearest(flat, self.code_vectors()).reshape(index_shape)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Quantized latents ``(B, C, *spatial)`` of ``indices``
@@ -531,7 +567,8 @@ class VectorQuantizer(BaseQuantizer):
         """Set the codes to k-means centroids of rank 0's ``vectors``."""
         centroids = self._choose_on_rank0(
             vectors, self.codebook.shape, lambda v: kmeans(
-                v, self.codebook_size, self.kmeans_iters, self.use_l2_norm))
+                v, self.codebook_size, self.kmeans_iters,
+                self.l2_norm_output))
         if centroids is not None:
             self.set_codes(centroids)
             self.kmeans_initialized.fill_(True)
@@ -609,7 +646,7 @@ class VectorQuantizer(BaseQuantizer):
             with torch.no_grad():
                 self._kmeans_init(unmasked(flat.detach()))
         codes = self.code_vectors()
-        indices = nearest_code(flat.detach(), codes.detach())
+        indices = self._nearest(flat.detach(), codes.detach())
         counts = torch.bincount(unmasked(indices),
                                 minlength=self.codebook_size)
         num_restarted = None
