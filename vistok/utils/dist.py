@@ -146,3 +146,33 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` ``(B_r, *rest)`` of every rank concatenated along dim 0 in
+    rank order, differentiably; ``B_r`` may differ across ranks (padded for
+    the collective, unpadded after). Without a process group: ``tensor``.
+
+    Backward is ``torch.distributed.nn.functional.all_gather``'s: the local
+    slice receives the *sum over ranks* of the gradients of its copies (a
+    collective, so every rank must run the backward). When every rank
+    computes the same loss ``L`` of the gathered tensor (open_clip's
+    ``gather_with_grad`` with the full logit matrix), the local gradient is
+    ``world_size · ∂L/∂x_local``, and averaging parameter gradients over the
+    ranks (DDP, :func:`all_reduce_gradients`) gives exactly the gradient of
+    ``L`` of one process holding the whole batch. Gathering without
+    gradient and putting the local slice back would give only
+    ``∂L/∂x_local``, ``1 / world_size`` of it after the averaging.
+    """
+    if not is_distributed():
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+    world_size = torch_dist.get_world_size()
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size)]
+    torch_dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    longest = max(max(sizes), 1)  # no empty collectives
+    padding = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+    parts = all_gather(torch.cat([tensor, padding]))
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
