@@ -84,6 +84,12 @@ PARAMETER_COUNTS = {
     # TiTok-S-128's U-ViT generator
     'configs/maskgit/maskgit_vq-4k_uvit-titok-s128_32xb64-500k_in1k-256.py':
     294_990_848,
+    # ImageFolder's generator: VAR-d17 ("362M" = its 17 blocks) / d16 with
+    # two parallel branch heads over the 286 positions of MSVR10P2
+    'projects/ImageFolder/configs/var_msvr10p2-4k_d17_8xb96-350e_in1k-256.py':
+    375_258_593,
+    'projects/ImageFolder/configs/var_msvr10p2-4k_d16_8xb96-350e_in1k-256.py':
+    314_111_232,
 }
 
 

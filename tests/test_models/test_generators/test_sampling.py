@@ -94,3 +94,25 @@ def test_token_preprocessor_batches_every_structure():
     out = pre(dict(indices=levels))
     assert isinstance(out['inputs'], tuple)
     assert out['inputs'][1].shape == (2, 4, 4)
+
+
+def test_token_preprocessor_reads_the_runners_collated_levels():
+    """Through the Runner, pseudo_collate turns per-sample lists of levels
+    into per-level lists of samples; both layouts give the same batch."""
+    from mmengine.dataset import pseudo_collate
+    pre = TokenDataPreprocessor()
+    samples = [dict(indices=[torch.full((1, 1, 2), i),
+                             torch.full((2, 2, 2), i)],
+                    sample_idx=i, gt_label=i) for i in range(3)]
+    collated = pseudo_collate(samples)
+    out = pre(collated)
+    assert [t.shape for t in out['inputs']] == [(3, 1, 1, 2), (3, 2, 2, 2)]
+    assert out['inputs'][1][:, 0, 0, 0].tolist() == [0, 1, 2]
+    direct = pre(dict(indices=[s['indices'] for s in samples]))
+    for a, b in zip(out['inputs'], direct['inputs']):
+        assert torch.equal(a, b)
+    # as many levels as samples, all of one shape: the batch size decides
+    square = [dict(indices=[torch.full((2, 2), 10 * i + j) for j in range(2)],
+                   sample_idx=i) for i in range(2)]
+    out = pre(pseudo_collate(square))
+    assert out['inputs'][0].flatten(1)[:, 0].tolist() == [0, 10]

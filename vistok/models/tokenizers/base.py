@@ -135,6 +135,9 @@ class BaseTokenizer(BaseModel):
     NON_GENERATOR_PARTS = ('data_preprocessor', 'reconstruction_losses',
                            'perceptual_losses', 'discriminator',
                            'adversarial_loss', 'ema')
+    #: generator parts the EMA copy leaves out (trained, but not used for
+    #: inference: e.g. a loss's projector beside a large frozen teacher)
+    NON_EMA_PARTS = ()
     #: reconstruction loss when the config gives none
     default_reconstruction_loss = dict(type='L1Loss')
     #: ``train_step`` averages gradients over ranks itself
@@ -211,7 +214,7 @@ class BaseTokenizer(BaseModel):
 
         ema = dict(ema or {})
         self.ema_for_val = ema.pop('use_for_val', True)
-        self.ema = ModelEMA(self.generator_parts(), **ema) if ema else None
+        self.ema = ModelEMA(self.ema_parts(), **ema) if ema else None
         self.nonfinite_guard = NonFiniteGuard(max_nonfinite_skips)
         self._code_counts: Dict[str, torch.Tensor] = {}
 
@@ -260,15 +263,22 @@ class BaseTokenizer(BaseModel):
 
     def init_weights(self) -> None:
         """Initialise (and load the pretrained files of) the losses and the
-        discriminator before anything else, so a missing weights file fails
-        before iteration 0 with its full config key; then mmengine's
+        discriminator before anything else, then every other child in
+        order, so a missing weights file fails before iteration 0 with its
+        full config key (``model.encoder.weights_path``); then mmengine's
         ``init_cfg``. Subclasses extend it with ``super().init_weights()``.
         """
         owners = list(zip(self._loss_keys, self.nll_losses()))
         if self.discriminator is not None:
             owners.append(('model.discriminator', self.discriminator))
+        if not self.init_cfg:  # else mmengine applies it before children
+            owners += [(f'model.{name}', child)
+                       for name, child in self.named_children()
+                       if name not in ('reconstruction_losses',
+                                       'perceptual_losses', 'discriminator')]
         for key, part in owners:
-            if hasattr(part, 'init_weights'):
+            if (hasattr(part, 'init_weights')
+                    and not getattr(part, 'is_init', False)):
                 try:
                     part.init_weights()
                 except MissingWeightsError as err:
@@ -286,6 +296,15 @@ class BaseTokenizer(BaseModel):
             name: module
             for name, module in self.named_children()
             if name not in self.NON_GENERATOR_PARTS and name not in frozen
+        }
+
+    def ema_parts(self) -> Dict[str, nn.Module]:
+        """The generator parts the EMA copy averages (all but
+        :attr:`NON_EMA_PARTS`)."""
+        return {
+            name: module
+            for name, module in self.generator_parts().items()
+            if name not in self.NON_EMA_PARTS
         }
 
     def train(self, mode: bool = True) -> 'BaseTokenizer':
@@ -445,7 +464,7 @@ class BaseTokenizer(BaseModel):
             d_log['disc_loss_total'] = d_log.pop('loss')
             log_vars.update(d_log)
         if self.ema is not None:
-            self.ema.update_parameters(self.generator_parts(), iteration)
+            self.ema.update_parameters(self.ema_parts(), iteration)
         return log_vars
 
     def _update(self, optim_wrapper: OptimWrapper, losses: LossDict,
