@@ -1,6 +1,6 @@
 """The tokenizer base's extension points are enough: tokenizers written on
-it (TiTok in the core, the example plugin's PatchTokenizer) use none of its
-private members, and a bad network key is named."""
+it (TiTok in the core, the example plugin's PatchTokenizer, ImageFolder's)
+use none of its private members, and a bad network key is named."""
 import inspect
 import re
 
@@ -51,11 +51,15 @@ def test_base_private_names_are_found():
             '_loss_keys'} <= names
 
 
-@pytest.mark.parametrize('tokenizer', ['TiTokTokenizer', 'PatchTokenizer'])
+@pytest.mark.parametrize(
+    'tokenizer', ['TiTokTokenizer', 'PatchTokenizer', 'ImageFolderTokenizer'])
 def test_tokenizers_use_only_public_seams(tokenizer):
     if tokenizer == 'PatchTokenizer':
         from projects.example_project.example_project import PatchTokenizer
         cls = PatchTokenizer
+    elif tokenizer == 'ImageFolderTokenizer':
+        from projects.ImageFolder.imagefolder import ImageFolderTokenizer
+        cls = ImageFolderTokenizer
     else:
         cls = TiTokTokenizer
     assert issubclass(cls, BaseTokenizer)
