@@ -82,9 +82,9 @@ def test_positions_and_token_layout_of_the_paper_configs():
 
 def test_tokenizer_export_var_and_sampling(tmp_path, teacher):
     from vistok.datasets import TokenShardDataset
-    cfg = load_cfg(TOKENIZER, tmp_path / 'tok', 60, {
+    cfg = load_cfg(TOKENIZER, tmp_path / 'tok', 40, {
         'model.semantic_loss.teacher_weights_path': teacher,
-        'model.adversarial_loss.start_iter': 30,
+        'model.adversarial_loss.start_iter': 20,
         'custom_hooks.0.interval': 20})
     runner, history = train(cfg)
     mse = history['loss_mse']
@@ -93,7 +93,7 @@ def test_tokenizer_export_var_and_sampling(tmp_path, teacher):
     for branch in (0, 1):  # usage per scale and branch
         for scale in range(3):
             assert f'codebook/branch{branch}.scale{scale}.usage' in history
-    checkpoint = str(tmp_path / 'tok' / 'iter_60.pth')
+    checkpoint = str(tmp_path / 'tok' / 'iter_40.pth')
     config = osp.join(CONFIGS, TOKENIZER)
     # (inference needs no teacher: the semantic loss is training-only)
     export = runpy.run_path(osp.join(REPO_ROOT, 'tools/export_tokens.py'))
@@ -110,7 +110,7 @@ def test_tokenizer_export_var_and_sampling(tmp_path, teacher):
                             'tools/model_converters/export_safetensors.py'),
                    run_name='not_main')['main']([checkpoint, weights,
                                                  '--ema'])
-    gen_cfg = load_cfg(GENERATOR, tmp_path / 'gen', 150, {
+    gen_cfg = load_cfg(GENERATOR, tmp_path / 'gen', 100, {
         'train_dataloader.dataset.data_root': str(tmp_path / 'tokens'),
         'model.quantizer_weights': weights})
     _, history = train(gen_cfg)
@@ -121,7 +121,7 @@ def test_tokenizer_export_var_and_sampling(tmp_path, teacher):
     sample = runpy.run_path(osp.join(REPO_ROOT, 'tools/sample.py'))['main']
     out = str(tmp_path / 'samples.npz')
     sample([osp.join(CONFIGS, GENERATOR),
-            str(tmp_path / 'gen' / 'iter_150.pth'), '--out', out,
+            str(tmp_path / 'gen' / 'iter_100.pth'), '--out', out,
             '--num-images', '4', '--tokenizer-checkpoint', checkpoint,
             '--tokenizer-config', config,
             '--cfg-options', f'model.quantizer_weights={weights}'])
