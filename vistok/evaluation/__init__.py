@@ -10,6 +10,7 @@ from .metrics import (
     PSNR,
     SSIM,
     VOI,
+    Accuracy,
     AdaptedRandError,
     CodebookUsage,
     FrechetInceptionDistance,
@@ -17,7 +18,7 @@ from .metrics import (
 )
 
 __all__ = [
-    'PSNR', 'SSIM', 'VOI', 'AdaptedRandError', 'CodebookUsage',
+    'Accuracy', 'PSNR', 'SSIM', 'VOI', 'AdaptedRandError', 'CodebookUsage',
     'FrechetInceptionDistance', 'LPIPSMetric',
     'FeatureExtractor', 'InceptionV3Compat', 'PytorchFIDInception',
     'RandomConvFeatures'

@@ -3,6 +3,7 @@ data preprocessors) and the algorithms built from them. Importing this package
 registers everything in vistok's registries."""
 from . import (
     backbones,
+    classifiers,
     data_preprocessors,
     discriminators,
     generators,
@@ -14,6 +15,6 @@ from . import (
 )
 
 __all__ = [
-    'backbones', 'data_preprocessors', 'discriminators', 'generators',
-    'heads', 'losses', 'quantizers', 'segmentors', 'tokenizers'
+    'backbones', 'classifiers', 'data_preprocessors', 'discriminators',
+    'generators', 'heads', 'losses', 'quantizers', 'segmentors', 'tokenizers'
 ]

@@ -8,6 +8,9 @@ class DataSample(BaseDataElement):
     Conventional fields (all optional):
 
     * ``gt_label`` -- ``torch.long`` scalar class label;
+    * ``pred_score`` / ``pred_label`` -- ``(num_classes,)`` class
+      probabilities and their argmax (a classifier's prediction, read by
+      the ``Accuracy`` metric);
     * ``gt_img`` / ``pred_img`` -- ``(C, *spatial)`` float images in
       ``[0, 255]`` (ground truth and reconstruction);
     * ``tokens`` -- integer token indices of the sample;

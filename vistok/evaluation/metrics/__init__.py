@@ -1,3 +1,4 @@
+from .accuracy import Accuracy
 from .codebook_usage import CodebookUsage
 from .fid import FrechetInceptionDistance, fid_protocol_fingerprint
 from .lpips import LPIPSMetric
@@ -6,6 +7,7 @@ from .segmentation import VOI, AdaptedRandError
 from .ssim import SSIM, ssim
 
 __all__ = [
-    'PSNR', 'SSIM', 'ssim', 'CodebookUsage', 'FrechetInceptionDistance',
-    'fid_protocol_fingerprint', 'LPIPSMetric', 'VOI', 'AdaptedRandError'
+    'Accuracy', 'PSNR', 'SSIM', 'ssim', 'CodebookUsage',
+    'FrechetInceptionDistance', 'fid_protocol_fingerprint', 'LPIPSMetric',
+    'VOI', 'AdaptedRandError'
 ]

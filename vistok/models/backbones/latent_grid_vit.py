@@ -270,6 +270,11 @@ class DINOv2LatentEncoder(_TimmLatentGridViT):
             torch.randn(self.num_latent_tokens, self.embed_dim))
         self.quant_proj = nn.Linear(self.embed_dim, code_dim)
 
+    @property
+    def patch_size(self) -> int:
+        """Side of a (square) patch in pixels."""
+        return int(self.model.patch_embed.patch_size[0])
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         patch_embed = self.model.patch_embed
         if images.dim() != 4 or images.shape[1] != self.in_channels:

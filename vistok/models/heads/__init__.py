@@ -1,4 +1,5 @@
+from .linear_cls import LinearClsHead
 from .pixel import PixelHead
 from .token_logit import TokenLogitHead
 
-__all__ = ['PixelHead', 'TokenLogitHead']
+__all__ = ['LinearClsHead', 'PixelHead', 'TokenLogitHead']
