@@ -100,3 +100,36 @@ def lpips_package_model(vgg_file):
         for name in model.net.state_dict()
     })
     return model
+
+
+def load_train_config(path: str, work_dir, iters: int, options: dict):
+    """Config ``path`` set up for a short training run in ``work_dir``:
+    ``iters`` iterations, one validation and one checkpoint at the end,
+    seed 0, quiet logs, plus ``options`` (``--cfg-options`` keys)."""
+    from mmengine.config import Config
+
+    from vistok.apis import apply_cli_options
+    cfg = Config.fromfile(path)
+    options = dict(options)
+    options.update({'train_cfg.max_iters': iters,
+                    'train_cfg.val_interval': iters,
+                    'default_hooks.checkpoint.interval': iters})
+    apply_cli_options(cfg, work_dir=str(work_dir), seed=0,
+                      cfg_options=options)
+    cfg.log_level = 'WARNING'
+    return cfg
+
+
+def train_config(cfg):
+    """Train ``cfg``; returns the runner and the history of every logged
+    training scalar (name without the ``train/`` prefix -> array)."""
+    from vistok.apis import build_runner
+    runner = build_runner(cfg)
+    runner.train()
+    history = {
+        key[len('train/'):]: scalar.data[0]
+        for key, scalar in runner.message_hub.log_scalars.items()
+        if key.startswith('train/')
+    }
+    return runner, history
+

@@ -8,12 +8,12 @@ import os.path as osp
 import runpy
 
 import numpy as np
-import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from _helpers import REPO_ROOT
+from _helpers import REPO_ROOT, load_train_config
+from _helpers import train_config as train
 
 CONFIGS = osp.join(REPO_ROOT, 'projects/ImageFolder/configs')
 TOKENIZER = 'imagefolder_msvr3p2-64_vit-tiny_1xb8-300_skimage-64.py'
@@ -23,39 +23,8 @@ VAR_D17 = 'var_msvr10p2-4k_d17_8xb96-350e_in1k-256.py'
 
 
 def load_cfg(name, work_dir, iters, options):
-    from vistok.apis import apply_cli_options
-    cfg = Config.fromfile(osp.join(CONFIGS, name))
-    options = dict(options)
-    options.update({'train_cfg.max_iters': iters,
-                    'train_cfg.val_interval': iters,
-                    'default_hooks.checkpoint.interval': iters})
-    apply_cli_options(cfg, work_dir=str(work_dir), seed=0,
-                      cfg_options=options)
-    cfg.log_level = 'WARNING'
-    return cfg
-
-
-def train(cfg):
-    """Train; returns the runner and every logged training scalar."""
-    from vistok.apis import build_runner
-    runner = build_runner(cfg)
-    runner.train()
-    history = {
-        key[len('train/'):]: scalar.data[0]
-        for key, scalar in runner.message_hub.log_scalars.items()
-        if key.startswith('train/')
-    }
-    return runner, history
-
-
-@pytest.fixture(scope='module')
-def teacher(tmp_path_factory):
-    tool = runpy.run_path(osp.join(
-        REPO_ROOT, 'projects/ImageFolder/tools/random_vit_weights.py'))
-    path = str(tmp_path_factory.mktemp('teacher') / 'teacher.pth')
-    return tool['main'](['vit_tiny_patch16_224', path, '--img-size', '64',
-                         '--patch-size', '8', '--depth', '2', '--embed-dim',
-                         '64', '--num-heads', '2'])
+    return load_train_config(osp.join(CONFIGS, name), work_dir, iters,
+                             options)
 
 
 def test_positions_and_token_layout_of_the_paper_configs():
@@ -80,10 +49,10 @@ def test_positions_and_token_layout_of_the_paper_configs():
     assert row1.model.quantizer.num_branches == 1
 
 
-def test_tokenizer_export_var_and_sampling(tmp_path, teacher):
+def test_tokenizer_export_var_and_sampling(tmp_path, imagefolder_teacher):
     from vistok.datasets import TokenShardDataset
     cfg = load_cfg(TOKENIZER, tmp_path / 'tok', 40, {
-        'model.semantic_loss.teacher_weights_path': teacher,
+        'model.semantic_loss.teacher_weights_path': imagefolder_teacher,
         'model.adversarial_loss.start_iter': 20,
         'custom_hooks.0.interval': 20})
     runner, history = train(cfg)

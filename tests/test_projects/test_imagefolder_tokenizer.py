@@ -3,7 +3,6 @@ semantic term in the generator step (its projector trained but outside the
 EMA copy; the official shared projection), the adaptive GAN weight's layer
 and missing weight files named by their config keys."""
 import os.path as osp
-import runpy
 
 import pytest
 import torch
@@ -14,16 +13,6 @@ from _helpers import REPO_ROOT
 
 CONFIG = osp.join(REPO_ROOT, 'projects/ImageFolder/configs/'
                   'imagefolder_msvr3p2-64_vit-tiny_1xb8-300_skimage-64.py')
-
-
-@pytest.fixture(scope='module')
-def teacher(tmp_path_factory):
-    tool = runpy.run_path(osp.join(
-        REPO_ROOT, 'projects/ImageFolder/tools/random_vit_weights.py'))
-    path = str(tmp_path_factory.mktemp('teacher') / 'teacher.pth')
-    return tool['main'](['vit_tiny_patch16_224', path, '--img-size', '64',
-                         '--patch-size', '8', '--depth', '2', '--embed-dim',
-                         '64', '--num-heads', '2'])
 
 
 def build(teacher, **semantic):
@@ -37,8 +26,8 @@ def build(teacher, **semantic):
     return model
 
 
-def test_round_trip_parts_and_last_layer(teacher):
-    model = build(teacher).eval()
+def test_round_trip_parts_and_last_layer(imagefolder_teacher):
+    model = build(imagefolder_teacher).eval()
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         tokens = model.encode(images)
@@ -53,8 +42,8 @@ def test_round_trip_parts_and_last_layer(teacher):
 
 
 @pytest.mark.parametrize('projector', ['separate', 'shared_quant_conv'])
-def test_semantic_term_trains_its_projection(teacher, projector):
-    model = build(teacher, projector=projector).train()
+def test_semantic_term_trains_its_projection(imagefolder_teacher, projector):
+    model = build(imagefolder_teacher, projector=projector).train()
     images = torch.rand(4, 3, 64, 64) * 2 - 1
     losses = model.loss(images, iteration=0)
     assert torch.isfinite(losses['loss_semantic'])
@@ -67,11 +56,12 @@ def test_semantic_term_trains_its_projection(teacher, projector):
     assert grad is not None and grad.abs().sum() > 0
 
 
-def test_missing_encoder_weights_name_the_config_key(teacher, tmp_path):
+def test_missing_encoder_weights_name_the_config_key(imagefolder_teacher,
+                                                    tmp_path):
     from vistok.registry import MODELS
     from vistok.utils.weights import MissingWeightsError
     cfg = Config.fromfile(CONFIG)
-    cfg.model.semantic_loss.teacher_weights_path = teacher
+    cfg.model.semantic_loss.teacher_weights_path = imagefolder_teacher
     cfg.model.encoder.weights_path = str(tmp_path / 'missing.pth')
     with DefaultScope.overwrite_default_scope('vistok'):
         model = MODELS.build(cfg.model)  # constructors read no files

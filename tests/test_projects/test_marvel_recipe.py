@@ -7,10 +7,10 @@ import os.path as osp
 
 import numpy as np
 import torch
-from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from _helpers import REPO_ROOT
+from _helpers import REPO_ROOT, load_train_config
+from _helpers import train_config as train
 
 CONFIGS = osp.join(REPO_ROOT, 'projects/MARVEL/configs')
 STAGE1 = 'marvel_rlfq-4k-x2_vit-tiny-k8_1xb8-300_skimage-64.py'
@@ -20,29 +20,8 @@ GENERATOR = 'maskgit_rlfq-4k-x2_bert-tiny_1xb16-1k_skimage-tokens.py'
 
 
 def load_cfg(name, work_dir, iters, options):
-    from vistok.apis import apply_cli_options
-    cfg = Config.fromfile(osp.join(CONFIGS, name))
-    options = dict(options)
-    options.update({'train_cfg.max_iters': iters,
-                    'train_cfg.val_interval': iters,
-                    'default_hooks.checkpoint.interval': iters})
-    apply_cli_options(cfg, work_dir=str(work_dir), seed=0,
-                      cfg_options=options)
-    cfg.log_level = 'WARNING'
-    return cfg
-
-
-def train(cfg):
-    """Train; returns the runner and the history of every logged scalar."""
-    from vistok.apis import build_runner
-    runner = build_runner(cfg)
-    runner.train()
-    history = {
-        key[len('train/'):]: scalar.data[0]
-        for key, scalar in runner.message_hub.log_scalars.items()
-        if key.startswith('train/')
-    }
-    return runner, history
+    return load_train_config(osp.join(CONFIGS, name), work_dir, iters,
+                             options)
 
 
 def falls(values, ratio):
