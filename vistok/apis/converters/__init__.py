@@ -10,4 +10,6 @@ configs.
   AutoencoderTokenizer
 * :mod:`.titok`: TiTok (bytedance/1d-tokenizer) -> TiTokTokenizer; reuses
   the MaskGIT-VQGAN decoder rules for its stage-2 pixel decoder
+* :mod:`.imagefolder`: ImageFolder (lxa9867/ImageFolder ``VQModel``,
+  MSVR10P2) -> ImageFolderTokenizer (``projects/ImageFolder``)
 """
