@@ -21,6 +21,7 @@ import pickle
 import re
 import tempfile
 from collections import OrderedDict
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -166,17 +167,17 @@ def _temporary_file(filename: str, suffix: str = ''):
     return fd, tmp
 
 
-def save_checkpoint_atomic(checkpoint, filename) -> None:
-    """Write ``checkpoint`` (made safe with :func:`to_safe`) to ``filename``
-    through a temporary file and an atomic rename."""
+def write_file_atomic(filename, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` on a temporary binary file next to ``filename``,
+    fsync it and rename it over ``filename`` (then fsync the directory): a
+    reader sees the old file or the complete new one, never a part."""
     filename = str(filename)
     directory = osp.dirname(osp.abspath(filename))
     os.makedirs(directory, exist_ok=True)
-    safe = to_safe(checkpoint)
     fd, tmp = _temporary_file(filename, suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(safe, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, filename)
@@ -189,6 +190,13 @@ def save_checkpoint_atomic(checkpoint, filename) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_checkpoint_atomic(checkpoint, filename) -> None:
+    """Write ``checkpoint`` (made safe with :func:`to_safe`) to ``filename``
+    through a temporary file and an atomic rename."""
+    safe = to_safe(checkpoint)
+    write_file_atomic(filename, lambda f: torch.save(safe, f))
 
 
 def write_text_atomic(text: str, filename) -> None:
