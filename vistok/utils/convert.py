@@ -104,6 +104,19 @@ def with_copies(rules: Iterable[RuleLike], prefix: str) -> List[Rule]:
     ]
 
 
+def rules_with_ema_copies(parts: Mapping[str, Iterable[RuleLike]],
+                          model: nn.Module) -> List[Rule]:
+    """The rules of every part (name → rules); the rules of a part the
+    model's EMA copy (``model.ema``) keeps also write to ``ema.<key>``."""
+    ema = getattr(model, 'ema', None)
+    rules: List[Rule] = []
+    for part, part_rules in parts.items():
+        rules += (with_copies(part_rules, 'ema.')
+                  if ema is not None and part in ema else
+                  [as_rule(rule) for rule in part_rules])
+    return rules
+
+
 def _first_match(rules: Sequence[Rule], key: str):
     """``(rule, target keys)`` of the first rule matching ``key``, else
     ``(None, None)``."""
@@ -283,6 +296,22 @@ def convert_state_dict(
 
 
 # --- files ------------------------------------------------------------------
+def load_torch_checkpoint(path: str, trust: bool = False):
+    """Whatever the torch file ``path`` holds, on the CPU: loaded safely
+    (:func:`vistok.utils.checkpoint.load_checkpoint_file`), or with a full
+    pickle for this load only when ``trust`` (official training
+    checkpoints may hold non-tensor objects; a full pickle can run code
+    from the file)."""
+    enable = trust and not pickle_trusted()
+    if enable:
+        trust_pickled_checkpoints(True)
+    try:
+        return load_checkpoint_file(path, map_location='cpu')
+    finally:
+        if enable:
+            trust_pickled_checkpoints(False)
+
+
 def load_official_state_dict(path: str,
                              trust: bool = False) -> Dict[str, torch.Tensor]:
     """The state dict of an official checkpoint: a ``.safetensors`` file, or
@@ -298,14 +327,7 @@ def load_official_state_dict(path: str,
             raise CheckpointLoadError(f'checkpoint {path} does not exist')
         from safetensors.torch import load_file
         return load_file(path)
-    enable = trust and not pickle_trusted()
-    if enable:
-        trust_pickled_checkpoints(True)
-    try:
-        loaded = load_checkpoint_file(path, map_location='cpu')
-    finally:
-        if enable:
-            trust_pickled_checkpoints(False)
+    loaded = load_torch_checkpoint(path, trust)
     for wrapper in ('state_dict', 'model'):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]

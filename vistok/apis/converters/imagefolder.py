@@ -68,13 +68,8 @@ from typing import Dict
 
 import torch
 
-from vistok.utils.checkpoint import (
-    CheckpointLoadError,
-    load_checkpoint_file,
-    pickle_trusted,
-    trust_pickled_checkpoints,
-)
-from vistok.utils.convert import with_copies
+from vistok.utils.checkpoint import CheckpointLoadError
+from vistok.utils.convert import load_torch_checkpoint, rules_with_ema_copies
 
 #: entries of an official training checkpoint (``xqgan_train.py`` saves
 #: ``{'model', 'optimizer', 'discriminator', 'optimizer_disc', 'steps'}``
@@ -170,14 +165,7 @@ def load_entry(path: str, entry: str,
     if entry not in WEIGHT_ENTRIES:
         raise ValueError(f'entry must be one of {WEIGHT_ENTRIES}, got '
                          f'{entry!r}')
-    enable = trust and not pickle_trusted()
-    if enable:
-        trust_pickled_checkpoints(True)
-    try:
-        loaded = load_checkpoint_file(path, map_location='cpu')
-    finally:
-        if enable:
-            trust_pickled_checkpoints(False)
+    loaded = load_torch_checkpoint(path, trust)
     if not isinstance(loaded, dict) or not isinstance(
             loaded.get(entry), dict):
         found = sorted(loaded) if isinstance(loaded, dict) else []
@@ -224,9 +212,4 @@ def rules_for(model) -> list:
     part the model's EMA keeps also write to its copy (``ema.*``)."""
     parts = dict(encoder=ENCODER_RULES, quantizer=QUANTIZER_RULES,
                  decoder=DECODER_RULES)
-    ema = getattr(model, 'ema', None)
-    rules = []
-    for part, part_rules in parts.items():
-        rules += (with_copies(part_rules, 'ema.')
-                  if ema is not None and part in ema else part_rules)
-    return rules
+    return rules_with_ema_copies(parts, model)

@@ -54,7 +54,7 @@ the weights into the fixed layout), and refuses a single-stage
 """
 import re
 
-from vistok.utils.convert import with_copies
+from vistok.utils.convert import rules_with_ema_copies
 from .maskgit_vqgan import RULES as MASKGIT_VQGAN_RULES
 
 
@@ -220,12 +220,7 @@ def rules_for(model) -> list:
     if model.pixel_decoder is not None:
         parts.update(pixel_codebook=PIXEL_CODEBOOK_RULES,
                      pixel_decoder=PIXEL_DECODER_RULES)
-    ema = getattr(model, 'ema', None)
-    rules = []
-    for part, part_rules in parts.items():
-        rules += (with_copies(part_rules, 'ema.')
-                  if ema is not None and part in ema else part_rules)
-    return rules
+    return rules_with_ema_copies(parts, model)
 
 
 #: the value range the released encoders see (and pixel heads produce)
