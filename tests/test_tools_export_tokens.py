@@ -20,6 +20,7 @@ from webdataset.tariterators import tarfile_samples
 from _helpers import REPO_ROOT, subprocess_env
 from vistok.apis.tokenize import detokenize, load_tokenizer, tokenize
 from vistok.datasets import token_shards
+from vistok.datasets.token_files import CompactTokenDataset, SeiTTokenDataset
 from vistok.datasets.token_shards import TokenShardDataset, index_dtype
 from vistok.registry import DATASETS, MODELS
 from vistok.utils.checkpoint import CheckpointLoadError
@@ -328,6 +329,57 @@ def test_interrupted_export_resumes_without_loss_or_duplicates(
     dataset = TokenShardDataset(str(out), verify=True)
     assert [dataset[i]['sample_idx'] for i in range(len(dataset))] == list(
         range(NUM_IMAGES))
+
+
+@pytest.mark.parametrize('fmt', ['seit', 'compact'])
+def test_interrupted_export_in_stored_formats_resumes_exactly(
+        tool, tmp_path, monkeypatch, fmt):
+    config, checkpoint = make_tokenizer(tmp_path, 'vq')
+    reference = tmp_path / 'reference'
+    tool['main'](export_args(config, checkpoint, reference))
+    wds = TokenShardDataset(str(reference))
+    expected = torch.stack([wds[i]['indices'] for i in range(NUM_IMAGES)])
+    labels = [wds[i]['gt_label'] for i in range(NUM_IMAGES)]
+
+    out = tmp_path / fmt
+    args = export_args(config, checkpoint, out, '--format', fmt)
+    real_write = token_shards._write_bytes_atomic
+
+    def crash_on_third_shard(data, path):
+        if path.endswith('tokens-000002.tar'):
+            raise KeyboardInterrupt
+        real_write(data, path)
+
+    monkeypatch.setattr(token_shards, '_write_bytes_atomic',
+                        crash_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        tool['main'](args)
+    monkeypatch.setattr(token_shards, '_write_bytes_atomic', real_write)
+    crashed = json.loads((out / 'shards' / 'manifest.json').read_text())
+    assert [s['stop'] for s in crashed['shards']] == [6, 12]
+
+    record = tool['main'](args)
+    names = (['val-token.data.bin.gz', 'val-token.index.npy.gz',
+              'val-label.txt'] if fmt == 'seit' else ['val-tokens.vtok'])
+    assert sorted(record['files']) == sorted(names)
+    assert sorted(os.listdir(out)) == sorted(['export.json', *names])
+    if fmt == 'seit':
+        stored = SeiTTokenDataset(str(out / names[0]), grid=(16, 16),
+                                  label_file=str(out / names[2]))
+    else:
+        stored = CompactTokenDataset(str(out / names[0]))
+    assert len(stored) == NUM_IMAGES
+    assert torch.equal(torch.stack([stored[i]['indices']
+                                    for i in range(NUM_IMAGES)]), expected)
+    assert [stored[i]['gt_label'] for i in range(NUM_IMAGES)] == labels
+    # finished: a re-run checks the files and stops; another checkpoint is
+    # refused
+    before = {name: (out / name).read_bytes() for name in names}
+    assert tool['main'](args) == record
+    assert {name: (out / name).read_bytes() for name in names} == before
+    _, other = make_tokenizer(tmp_path, 'vq', seed=1)
+    with pytest.raises(ValueError, match='records another export'):
+        tool['main'](export_args(config, other, out, '--format', fmt))
 
 
 def test_export_refuses_to_mix_models_and_checkpoints(tool, tmp_path):

@@ -1,12 +1,28 @@
 """Tokenize a config's dataset with a trained tokenizer into token shards.
 
     python tools/export_tokens.py CONFIG CHECKPOINT --data {train,val,test}
-        --out DIR [--shard-size N] [--batch-size B] [--num-workers W]
-        [--seed S] [--signed-ids] [--overwrite] [--cfg-options k=v ...]
-        [--trust-checkpoint] [--device cpu]
+        --out DIR [--format {wds,seit,compact}] [--model {order0,context}]
+        [--keep-shards] [--shard-size N] [--batch-size B]
+        [--num-workers W] [--seed S] [--signed-ids] [--overwrite]
+        [--cfg-options k=v ...] [--trust-checkpoint] [--device cpu]
 
-Writes ``DIR/tokens-000000.tar``, ... and ``DIR/manifest.json`` (format:
-:mod:`vistok.datasets.token_shards`; read them with ``TokenShardDataset``).
+Formats (:mod:`vistok.datasets.token_convert`):
+
+* ``wds`` (default): ``DIR/tokens-000000.tar``, ... and
+  ``DIR/manifest.json`` (:mod:`vistok.datasets.token_shards`; read them with
+  ``TokenShardDataset``).
+* ``seit``: ``DIR/<data>-token.data.bin.gz``, ``DIR/<data>-token.index.npy.gz``
+  and, with labels, ``DIR/<data>-label.txt`` (the SeiT files,
+  :mod:`vistok.datasets.seit_format`; ``SeiTTokenDataset``). The SeiT format
+  stores codes 0..509 and flat codes only.
+* ``compact``: ``DIR/<data>-tokens.vtok``, entropy-coded with ``--model``
+  (:mod:`vistok.datasets.compact_format`; ``CompactTokenDataset``).
+
+  Both export wds shards to ``DIR/shards`` first (resumable as below), then
+  convert them losslessly (checked by re-reading) and record the result in
+  ``DIR/export.json`` (identity, files and their sha256, ``tokens_sha256``);
+  the shards are deleted unless ``--keep-shards``. Re-running a finished
+  export verifies the files and stops.
 
 * Data: ``{data}_dataloader.dataset`` of the config, read by position
   (``dataset[i]``, i = 0 .. len - 1) with its own pipeline as it is, which
@@ -23,11 +39,15 @@ Writes ``DIR/tokens-000000.tar``, ... and ``DIR/manifest.json`` (format:
   refused; ``--overwrite`` starts it from scratch.
 * Batches never cross shards, so a resumed export runs exactly the batches
   an uninterrupted one runs.
+* ``--signed-ids`` (negative ids) works with ``wds`` only.
 * One process (``--num-workers`` loads data in parallel); exporting with
   several ranks is not supported.
 """
 import argparse
+import json
+import os
 import os.path as osp
+import shutil
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -38,19 +58,32 @@ from torch.utils.data import DataLoader, IterableDataset, Subset  # noqa: E402
 
 from vistok.apis.tokenize import load_tokenizer, tokenize  # noqa: E402
 from vistok.datasets.samplers import SeededIndex, draw_seed  # noqa: E402
+from vistok.datasets.seit_format import NUM_STORABLE_CODES  # noqa: E402
+from vistok.datasets.token_convert import (  # noqa: E402
+    FORMATS,
+    convert_tokens,
+    output_files,
+)
 from vistok.datasets.token_shards import (  # noqa: E402
     TokenShardWriter,
     index_dtype,
     split_indices,
 )
 from vistok.registry import DATASETS  # noqa: E402
-from vistok.utils.checkpoint import trust_pickled_checkpoints  # noqa: E402
+from vistok.utils.checkpoint import (  # noqa: E402
+    trust_pickled_checkpoints,
+    write_text_atomic,
+)
 from vistok.utils.fileio import config_sha256, sha256_file  # noqa: E402
 
 try:
     from tqdm import tqdm
 except ImportError:  # tqdm is optional: plain prints per shard instead
     tqdm = None
+
+#: where --format seit / compact keep the wds shards they convert
+SHARD_DIR = 'shards'
+RECORD_NAME = 'export.json'
 
 
 def parse_args(argv=None):
@@ -62,6 +95,14 @@ def parse_args(argv=None):
                         choices=['train', 'val', 'test'],
                         help='tokenize <data>_dataloader.dataset')
     parser.add_argument('--out', required=True, help='output directory')
+    parser.add_argument('--format', default='wds', choices=FORMATS,
+                        help='storage format (see the module docstring)')
+    parser.add_argument('--model', default='order0',
+                        choices=['order0', 'context'],
+                        help='entropy model of --format compact')
+    parser.add_argument('--keep-shards', action='store_true',
+                        help='keep DIR/shards after converting them to '
+                        '--format seit / compact')
     parser.add_argument('--shard-size', type=int, default=1000,
                         help='samples per shard')
     parser.add_argument('--batch-size', type=int, default=32,
@@ -83,6 +124,9 @@ def parse_args(argv=None):
                         'this can execute code from the file')
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
     args = parser.parse_args(argv)
+    if args.signed_ids and args.format != 'wds':
+        parser.error('--signed-ids needs --format wds (the seit and compact '
+                     'formats store non-negative codes)')
     for name in ('shard_size', 'batch_size'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
@@ -130,6 +174,58 @@ def tokenize_shard(model, dataset, start: int, stop: int, args, bar):
     return structure, samples
 
 
+def export_shards(model, dataset, identity: dict, out: str, args) -> dict:
+    """Export (or resume exporting) the wds shards of ``dataset`` into
+    ``out``; returns the manifest."""
+    writer = TokenShardWriter(out, identity, overwrite=args.overwrite)
+    if writer.next_sample:
+        print(f'resuming {out} at sample {writer.next_sample}')
+    bar = None if tqdm is None else tqdm(
+        total=len(dataset), initial=writer.next_sample, unit='img')
+    for shard_id, start, stop in writer.pending_shards():
+        structure, samples = tokenize_shard(model, dataset, start, stop, args,
+                                            bar)
+        writer.write_shard(shard_id, structure, samples)
+        if bar is None:
+            print(f'[{stop}/{len(dataset)}] wrote shard {shard_id}')
+    if bar is not None:
+        bar.close()
+    print(f'{len(dataset)} samples in {writer.num_shards} shards in {out}')
+    return writer.manifest
+
+
+def converted_name(args) -> str:
+    if args.format == 'seit':
+        return f'{args.data}-token.data.bin.gz'
+    return f'{args.data}-tokens.vtok'
+
+
+def finished_export(args, identity: dict):
+    """The record of a finished ``--format seit / compact`` export in
+    ``--out`` when it matches this one and its files are intact; None when
+    there is none (or it is damaged: it is then exported again). Another
+    export's record is refused."""
+    path = osp.join(args.out, RECORD_NAME)
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    wanted = dict(format=args.format, model=args.model, identity=identity)
+    differ = [k for k in wanted if record.get(k) != wanted[k]]
+    if differ:
+        raise ValueError(
+            f'{path} records another export (its {", ".join(differ)} '
+            f'differ); refusing to mix tokens: choose a new --out or pass '
+            f'--overwrite')
+    for name, digest in record['files'].items():
+        file = osp.join(args.out, name)
+        if not osp.isfile(file) or sha256_file(file) != digest:
+            print(f'{file} is missing or damaged: exporting again')
+            os.remove(path)
+            return None
+    return record
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
@@ -147,22 +243,43 @@ def main(argv=None):
         data=args.data, seed=args.seed, num_samples=len(dataset),
         shard_size=args.shard_size, codebook_size=codebook_size,
         dtype=index_dtype(codebook_size, args.signed_ids).name)
-    writer = TokenShardWriter(args.out, identity, overwrite=args.overwrite)
-    if writer.next_sample:
-        print(f'resuming {args.out} at sample {writer.next_sample}')
-    bar = None if tqdm is None else tqdm(
-        total=len(dataset), initial=writer.next_sample, unit='img')
-    for shard_id, start, stop in writer.pending_shards():
-        structure, samples = tokenize_shard(model, dataset, start, stop, args,
-                                            bar)
-        writer.write_shard(shard_id, structure, samples)
-        if bar is None:
-            print(f'[{stop}/{len(dataset)}] wrote shard {shard_id}')
-    if bar is not None:
-        bar.close()
-    print(f'{len(dataset)} samples in {writer.num_shards} shards in '
+    if args.format == 'wds':
+        return export_shards(model, dataset, identity, args.out, args)
+    if args.format == 'seit' and codebook_size > NUM_STORABLE_CODES:
+        raise ValueError(
+            f'the tokenizer has {codebook_size} codes; the SeiT format '
+            f'stores codes 0..{NUM_STORABLE_CODES - 1} only: use --format '
+            f'compact or wds')
+
+    dst = osp.join(args.out, converted_name(args))
+    outputs = output_files(dst, args.format)
+    record_path = osp.join(args.out, RECORD_NAME)
+    if args.overwrite:
+        for path in [record_path, *outputs]:
+            if osp.exists(path):
+                os.remove(path)
+    record = finished_export(args, identity)
+    if record is not None:
+        print(f'{args.out} already holds this export ({record_path})')
+        return record
+    shard_dir = osp.join(args.out, SHARD_DIR)
+    if not osp.isdir(shard_dir) and any(osp.exists(p) for p in outputs):
+        raise FileExistsError(
+            f'{dst} exists but {args.out} has neither {RECORD_NAME} nor '
+            f'{SHARD_DIR}/: choose a new --out or pass --overwrite')
+    export_shards(model, dataset, identity, shard_dir, args)
+    result = convert_tokens(shard_dir, dst, args.format, model=args.model,
+                            overwrite=True)
+    record = dict(format=args.format, model=args.model, identity=identity,
+                  files={osp.basename(p): sha256_file(p)
+                         for p in outputs if osp.exists(p)}, **result)
+    write_text_atomic(json.dumps(record, indent=1), record_path)
+    if not args.keep_shards:
+        shutil.rmtree(shard_dir)
+    print(f'{result["num_images"]} images in {args.format} format: '
+          f'{", ".join(record["files"])} ({result["bytes"]} bytes) in '
           f'{args.out}')
-    return writer.manifest
+    return record
 
 
 if __name__ == '__main__':

@@ -46,6 +46,7 @@ from vistok.utils.checkpoint import (
     save_checkpoint_atomic,
     write_file_atomic,
 )
+from .token_arrays import iter_image_chunks
 
 ESCAPE = 255
 NUM_STORABLE_CODES = 2 * ESCAPE  # codes 0 .. 509
@@ -70,6 +71,19 @@ def index_file_for(token_file: str) -> str:
             f"'{DATA_MARKER}' (the index file's name replaces it by "
             f"'{INDEX_MARKER}'); pass index_file explicitly otherwise")
     return osp.join(head, name.replace(DATA_MARKER, INDEX_MARKER))
+
+
+def label_file_for(token_file: str) -> str:
+    """The label file of ``<name>-token.data.bin.gz``:
+    ``<name>-label.txt`` (the released files' naming)."""
+    token_file = str(token_file)
+    suffix = f'-token.{DATA_MARKER}.gz'
+    if not token_file.endswith(suffix):
+        raise SeiTFormatError(
+            f'SeiT token file {token_file}: cannot derive its label file '
+            f'(the name does not end with {suffix!r}); pass label_file '
+            f'explicitly')
+    return token_file[:-len(suffix)] + '-label.txt'
 
 
 # --- escape coding (vectorised) ----------------------------------------------
@@ -120,6 +134,18 @@ def encode_codes(tokens: Sequence, filename: str = '<memory>',
     return stream, index
 
 
+def _escape_errors_exist(stream: np.ndarray, index: np.ndarray,
+                         esc: np.ndarray) -> bool:
+    """Fast test for any escape error (the slow path locates it): a 255
+    followed by a 255 is always corrupt (an escape's second byte is at most
+    254, and images never end inside an escape), and so is a 255 as the
+    last byte of an image."""
+    if stream.size and (esc[:-1] & esc[1:]).any():
+        return True
+    ends = index[1:][index[1:] > index[:-1]] - 1
+    return bool(ends.size and esc[ends].any())
+
+
 def _position_errors(stream: np.ndarray, index: np.ndarray):
     """``(image, kind, byte position)`` of the first escape error of the
     stream split by ``index``, or None."""
@@ -166,17 +192,16 @@ def decode_stream(stream: np.ndarray, index: np.ndarray,
     """
     stream = np.asarray(stream, dtype=np.uint8)
     index = np.asarray(index, dtype=np.int64)
-    err = _position_errors(stream, index)
-    if err is not None:
-        image, kind, pos = err
-        _raise_escape_error(filename, image, kind, pos, int(index[image]))
     esc = stream == ESCAPE
-    codes = stream.astype(np.int64)
-    codes[np.flatnonzero(esc) + 1] += ESCAPE
-    kept = ~esc
-    n_esc = np.zeros(stream.size + 1, dtype=np.int64)
-    np.cumsum(esc, out=n_esc[1:])
-    return codes[kept], index - n_esc[index]
+    if _escape_errors_exist(stream, index, esc):
+        image, kind, pos = _position_errors(stream, index)
+        _raise_escape_error(filename, image, kind, pos, int(index[image]))
+    escapes = np.flatnonzero(esc)
+    codes = stream.astype(np.int16)  # codes fit: 0 .. 509
+    codes[escapes + 1] += ESCAPE
+    # escapes before each image start: the code offsets
+    offsets = index - np.searchsorted(escapes, index)
+    return codes[~esc].astype(np.int64), offsets
 
 
 def decode_image(data: np.ndarray, image: int = 0,
@@ -184,11 +209,11 @@ def decode_image(data: np.ndarray, image: int = 0,
     """Decode one image's bytes ``data`` (``image`` / ``start``: its index
     and stream offset, for errors) to its ``int64`` codes."""
     data = np.asarray(data, dtype=np.uint8)
-    err = _position_errors(data, np.array([0, data.size], dtype=np.int64))
-    if err is not None:
-        _, kind, pos = err
-        _raise_escape_error(filename, image, kind, start + pos, start)
+    bounds = np.array([0, data.size], dtype=np.int64)
     esc = data == ESCAPE
+    if _escape_errors_exist(data, bounds, esc):
+        _, kind, pos = _position_errors(data, bounds)
+        _raise_escape_error(filename, image, kind, start + pos, start)
     codes = data.astype(np.int64)
     codes[np.flatnonzero(esc) + 1] += ESCAPE
     return codes[~esc]
@@ -207,7 +232,9 @@ def write_seit_tokens(token_file: str, tokens: Sequence,
                       index_file: Optional[str] = None,
                       images_per_chunk: int = 4096) -> np.ndarray:
     """Write the data and index files of ``tokens`` (one integer array per
-    image), encoding ``images_per_chunk`` images at a time. Returns the
+    image, an ``(N, ...)`` array, or a token file / conversion source: see
+    :func:`~.token_arrays.iter_image_chunks`), encoding
+    ``images_per_chunk`` images at a time. Returns the
     index (N + 1 byte offsets). Nothing is written if a code cannot be
     stored."""
     token_file = str(token_file)
@@ -216,9 +243,8 @@ def write_seit_tokens(token_file: str, tokens: Sequence,
 
     def write_stream(gz):
         end = 0
-        for first in range(0, len(tokens), images_per_chunk):
-            stream, part = encode_codes(
-                tokens[first:first + images_per_chunk], token_file, first)
+        for first, images in iter_image_chunks(tokens, images_per_chunk):
+            stream, part = encode_codes(images, token_file, first)
             gz.write(stream.tobytes())
             index.append(part[1:] + end)
             end += int(part[-1])

@@ -403,7 +403,7 @@ class TokenShardDataset(Dataset):
                              f'samples in {self.data_root}')
         shard_id = bisect.bisect_right(self._starts, idx) - 1
         if shard_id != self._cached_shard:
-            self._cached_samples = self._read_shard(shard_id)
+            self._cached_samples = self.read_shard(shard_id)
             self._cached_shard = shard_id
         sample = self._cached_samples[idx - self._starts[shard_id]]
         levels = [torch.from_numpy(level.astype(np.int64))
@@ -416,7 +416,10 @@ class TokenShardDataset(Dataset):
             out['gt_label'] = sample['gt_label']
         return out
 
-    def _read_shard(self, shard_id: int) -> List[dict]:
+    def read_shard(self, shard_id: int) -> List[dict]:
+        """The samples of shard ``shard_id`` (``self.shards[shard_id]``), in
+        order: dicts of ``levels`` (numpy arrays in the manifest's dtype)
+        and, when exported, ``sample_idx`` / ``gt_label``."""
         shard = self.shards[shard_id]
         path = osp.join(self.data_root, shard['name'])
         if not osp.isfile(path):
