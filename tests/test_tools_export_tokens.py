@@ -20,6 +20,7 @@ from webdataset.tariterators import tarfile_samples
 from _helpers import REPO_ROOT, subprocess_env
 from vistok.apis.tokenize import detokenize, load_tokenizer, tokenize
 from vistok.datasets import token_shards
+from vistok.datasets.seit_format import read_seit_codebook
 from vistok.datasets.token_files import CompactTokenDataset, SeiTTokenDataset
 from vistok.datasets.token_shards import TokenShardDataset, index_dtype
 from vistok.registry import DATASETS, MODELS
@@ -360,7 +361,8 @@ def test_interrupted_export_in_stored_formats_resumes_exactly(
 
     record = tool['main'](args)
     names = (['val-token.data.bin.gz', 'val-token.index.npy.gz',
-              'val-label.txt'] if fmt == 'seit' else ['val-tokens.vtok'])
+              'val-label.txt', 'codebook.ckpt'] if fmt == 'seit' else
+             ['val-tokens.vtok'])
     assert sorted(record['files']) == sorted(names)
     assert sorted(os.listdir(out)) == sorted(['export.json', *names])
     if fmt == 'seit':
@@ -372,6 +374,10 @@ def test_interrupted_export_in_stored_formats_resumes_exactly(
     assert torch.equal(torch.stack([stored[i]['indices']
                                     for i in range(NUM_IMAGES)]), expected)
     assert [stored[i]['gt_label'] for i in range(NUM_IMAGES)] == labels
+    if fmt == 'seit':  # the tokenizer's code vectors, as SeiT ships them
+        codebook = read_seit_codebook(str(out / 'codebook.ckpt'))
+        model = load_tokenizer(config, checkpoint)
+        assert torch.equal(codebook, model.quantizer.code_vectors())
     # finished: a re-run checks the files and stops; another checkpoint is
     # refused
     before = {name: (out / name).read_bytes() for name in names}

@@ -11,8 +11,10 @@ Formats (:mod:`vistok.datasets.token_convert`):
 * ``wds`` (default): ``DIR/tokens-000000.tar``, ... and
   ``DIR/manifest.json`` (:mod:`vistok.datasets.token_shards`; read them with
   ``TokenShardDataset``).
-* ``seit``: ``DIR/<data>-token.data.bin.gz``, ``DIR/<data>-token.index.npy.gz``
-  and, with labels, ``DIR/<data>-label.txt`` (the SeiT files,
+* ``seit``: ``DIR/<data>-token.data.bin.gz``,
+  ``DIR/<data>-token.index.npy.gz``, with labels ``DIR/<data>-label.txt``,
+  and ``DIR/codebook.ckpt`` (the quantizer's code vectors, when it has one
+  codebook) (the SeiT files,
   :mod:`vistok.datasets.seit_format`; ``SeiTTokenDataset``). The SeiT format
   stores codes 0..509 and flat codes only.
 * ``compact``: ``DIR/<data>-tokens.vtok``, entropy-coded with ``--model``
@@ -58,8 +60,12 @@ from torch.utils.data import DataLoader, IterableDataset, Subset  # noqa: E402
 
 from vistok.apis.tokenize import load_tokenizer, tokenize  # noqa: E402
 from vistok.datasets.samplers import SeededIndex, draw_seed  # noqa: E402
-from vistok.datasets.seit_format import NUM_STORABLE_CODES  # noqa: E402
+from vistok.datasets.seit_format import (  # noqa: E402
+    NUM_STORABLE_CODES,
+    write_seit_codebook,
+)
 from vistok.datasets.token_convert import (  # noqa: E402
+    CODEBOOK_NAME,
     FORMATS,
     convert_tokens,
     output_files,
@@ -194,6 +200,17 @@ def export_shards(model, dataset, identity: dict, out: str, args) -> dict:
     return writer.manifest
 
 
+def seit_codebook(model):
+    """The ``(K, D)`` code vectors of the tokenizer's quantizer (what SeiT's
+    ``codebook.ckpt`` holds), or None when it has no single codebook."""
+    quantizer = getattr(model, 'quantizer', None)
+    if not hasattr(quantizer, 'code_vectors'):
+        print('the tokenizer\'s quantizer has no code_vectors(): no '
+              f'{CODEBOOK_NAME} written')
+        return None
+    return quantizer.code_vectors().detach().cpu()
+
+
 def converted_name(args) -> str:
     if args.format == 'seit':
         return f'{args.data}-token.data.bin.gz'
@@ -270,6 +287,10 @@ def main(argv=None):
     export_shards(model, dataset, identity, shard_dir, args)
     result = convert_tokens(shard_dir, dst, args.format, model=args.model,
                             overwrite=True)
+    codebook = seit_codebook(model) if args.format == 'seit' else None
+    if codebook is not None:
+        outputs.append(osp.join(args.out, CODEBOOK_NAME))
+        write_seit_codebook(outputs[-1], codebook)
     record = dict(format=args.format, model=args.model, identity=identity,
                   files={osp.basename(p): sha256_file(p)
                          for p in outputs if osp.exists(p)}, **result)

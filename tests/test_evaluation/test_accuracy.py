@@ -131,3 +131,27 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match='gt_label must hold one'):
         metric.process(None, [dict(pred_score=torch.zeros(6),
                                    gt_label=torch.tensor([1, 2]))])
+
+
+def test_class_subset_scores_only_those_classes(tmp_path):
+    """ImageNet-R style: labels are positions in the subset; the best
+    class outside the subset is ignored."""
+    rng = torch.Generator().manual_seed(0)
+    scores = torch.rand(50, 10, generator=rng)
+    subset = [7, 2, 5, 9]
+    labels = torch.randint(0, 4, (50, ), generator=rng)
+    names = tmp_path / 'names.txt'
+    names.write_text(''.join(f'c{k}\n' for k in range(10)))
+    listed = tmp_path / 'subset.txt'
+    listed.write_text('c7\n2\n# comment\nc5\n9\n')
+    expected = 100 * (scores[:, subset].argmax(1) == labels).double().mean()
+    for kwargs in (dict(class_subset=subset),
+                   dict(class_subset=str(listed), class_names=str(names))):
+        metric = Accuracy(topk=1, **kwargs)
+        metric.process(None, [dict(pred_score=s, gt_label=int(y))
+                              for s, y in zip(scores, labels)])
+        result = metric.compute_metrics(metric.results)
+        assert result['top1'] == pytest.approx(float(expected))
+    metric = Accuracy(topk=1, class_subset=[3, 12])
+    with pytest.raises(ValueError, match='class_subset holds class 12'):
+        metric.process(None, [dict(pred_score=scores[0], gt_label=0)])

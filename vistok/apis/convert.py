@@ -48,7 +48,9 @@ def converter_main(argv: Optional[Sequence[str]], *, description: str,
                    ignore_unmapped: Sequence[str] = (),
                    add_arguments: Optional[Callable[[argparse.ArgumentParser],
                                                     None]] = None,
-                   check: Optional[Callable] = None) -> ConversionReport:
+                   check: Optional[Callable] = None,
+                   build_model: Callable[..., nn.Module] = load_tokenizer
+                   ) -> ConversionReport:
     """Command line of a converter script::
 
         IN OUT [--config CONFIG] [--trust-checkpoint]
@@ -65,6 +67,9 @@ def converter_main(argv: Optional[Sequence[str]], *, description: str,
     ``add_arguments(parser)`` adds the script's options; ``check(args,
     official, model)`` runs before converting and returns ``(extra
     ignore_unmapped patterns, a line to print)`` or raises to refuse.
+    ``build_model(config, cfg_options=...)`` builds the target model
+    (default: :func:`~vistok.apis.tokenize.load_tokenizer`, the config's
+    ``model``).
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('checkpoint', help='official checkpoint (a file or '
@@ -93,7 +98,7 @@ def converter_main(argv: Optional[Sequence[str]], *, description: str,
     checkpoint = resolve_checkpoint(args.checkpoint)
     official = load_official_state_dict(checkpoint,
                                         trust=args.trust_checkpoint)
-    model = load_tokenizer(config, cfg_options=args.cfg_options)
+    model = build_model(config, cfg_options=args.cfg_options)
     extra_ignore, note = (check(args, official, model)
                           if check is not None else ((), None))
     converted, report = convert_for_model(

@@ -10,18 +10,18 @@
 trailing branch axis), a list of per-scale maps ``[(B, s_i, s_i)]``
 (multi-scale) or a tuple ``(top, bottom)`` (hierarchical).
 """
-import contextlib
-import copy
 import os.path as osp
 from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config
-from mmengine.utils import import_modules_from_strings
 
-from vistok.models.utils.frozen import init_inference_weights
-from vistok.registry import MODELS
+from vistok.models.utils.tokenizer_loading import (
+    encode_images,
+    prepare_tokenizer,
+    tokenizer_inference,
+)
 from vistok.utils.checkpoint import CheckpointLoadError, load_checkpoint_file
 
 Indices = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -62,7 +62,9 @@ def load_tokenizer(config: Union[str, Config],
                    device: Union[str, torch.device] = 'cpu',
                    cfg_options: Optional[dict] = None) -> nn.Module:
     """Build ``config``'s model, load ``checkpoint`` strictly, move it to
-    ``device`` and put it in eval mode.
+    ``device`` and put it in eval mode (the models floor's
+    :func:`~vistok.models.utils.tokenizer_loading.prepare_tokenizer`,
+    which frozen tokenizers inside models use too).
 
     Args:
         config: config file path or :class:`mmengine.config.Config` (not
@@ -81,47 +83,14 @@ def load_tokenizer(config: Union[str, Config],
     file. Frozen networks kept as non-persistent buffers are not in
     checkpoints: those that encoding or decoding needs (e.g. the teacher
     that renders a TiTok stage-1 model's codes) are filled from their files
-    by the model's ``init_inference_weights()``, when it has one; the
-    others (e.g. an LPIPS trunk of the loss) are not loaded.
+    by the model's ``init_inference_weights()``, when it has one, after
+    the checkpoint; the others (e.g. an LPIPS trunk of the loss) are not
+    loaded.
     """
-    cfg = (copy.deepcopy(config)
-           if isinstance(config, Config) else Config.fromfile(config))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if cfg.get('custom_imports'):
-        import_modules_from_strings(**cfg.custom_imports)
-    model = MODELS.build(cfg.model)
-    init_inference_weights(model)
-    if checkpoint is not None:
-        state = load_weights(checkpoint)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise CheckpointLoadError(
-                f'checkpoint {checkpoint} does not fit the model of config '
-                f'{cfg.filename or "<in-memory config>"}: {err}') from None
+    state = None if checkpoint is None else load_weights(checkpoint)
+    model = prepare_tokenizer(config, state, cfg_options=cfg_options,
+                              source=checkpoint)
     return model.to(device).eval()
-
-
-@contextlib.contextmanager
-def _inference(model: nn.Module, use_ema: Optional[bool]):
-    """Eval mode, no autograd and the chosen weights inside; the previous
-    mode afterwards. ``use_ema=None`` follows the model (its EMA copy if it
-    keeps one and validates with it, ``ema_for_val``)."""
-    has_ema = getattr(model, 'ema', None) is not None
-    if use_ema and not has_ema:
-        raise ValueError(f'use_ema=True, but the {type(model).__name__} keeps '
-                         f'no EMA copy (config key model.ema)')
-    if use_ema is None:
-        use_ema = has_ema and getattr(model, 'ema_for_val', True)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), (model.ema_weights()
-                               if use_ema else contextlib.nullcontext()):
-            yield
-    finally:
-        model.train(was_training)
 
 
 def tokenize(model: nn.Module,
@@ -149,9 +118,7 @@ def tokenize(model: nn.Module,
             len(s) != 3 or s[0] != 3 for s in shapes):
         raise ValueError(f'images must be (B, 3, H, W) or a list of (3, H, W)'
                          f' tensors, got shapes {shapes[:4]}')
-    with _inference(model, use_ema):
-        data = model.data_preprocessor(dict(inputs=images), training=False)
-        indices = model.encode(data['inputs'])
+    indices = encode_images(model, images, use_ema)
     return map_indices(lambda t: t.cpu(), indices)
 
 
@@ -163,7 +130,7 @@ def detokenize(model: nn.Module, indices: Indices,
     ``[0, 255]``), rounded to the nearest integer. ``use_ema`` as in
     :func:`tokenize`."""
     device = next(model.parameters()).device
-    with _inference(model, use_ema):
+    with tokenizer_inference(model, use_ema):
         decoded = model.decode(map_indices(lambda t: t.to(device), indices))
         pixels = model.to_pixels(decoded)
     return pixels.round().to(torch.uint8).cpu()

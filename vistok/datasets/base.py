@@ -7,8 +7,11 @@ pipeline with the global python / numpy / torch RNGs seeded by that seed
 (:func:`vistok.utils.rng.seeded_rng`) and restored afterwards, so random
 augmentation is a deterministic function of the draw: the same in the main
 process or in any DataLoader worker, before or after a resume. Plain ``int``
-indices behave exactly as in mmengine.
+indices behave exactly as in mmengine. Datasets that build their sample dict
+themselves (the token datasets) run their pipeline the same way with
+:func:`apply_pipeline`.
 """
+import contextlib
 from typing import Callable, List, Sequence, Union
 
 from mmengine.dataset import BaseDataset
@@ -23,6 +26,30 @@ def build_pipeline(
     mmcv's transforms (in its parent), with or without a default scope."""
     return [TRANSFORMS.build(t) if isinstance(t, dict) else t
             for t in pipeline]
+
+
+def apply_pipeline(pipeline: Sequence[Callable], results: dict,
+                   idx) -> dict:
+    """Run built transforms on one sample dict, under the draw's seed when
+    ``idx`` carries one (a :class:`~vistok.datasets.samplers.SeededIndex`),
+    as :class:`SeededDatasetMixin` runs a whole ``__getitem__``; with a
+    plain ``int`` the transforms draw from the global RNGs as in mmengine.
+
+    A transform returning None (mmcv's "drop this sample") is a
+    ``ValueError``: these datasets cannot replace a sample without changing
+    the draw.
+    """
+    if not pipeline:
+        return results
+    seed = getattr(idx, 'seed', None)
+    with (contextlib.nullcontext() if seed is None else seeded_rng(seed)):
+        for transform in pipeline:
+            results = transform(results)
+            if results is None:
+                raise ValueError(f'pipeline transform {transform!r} returned '
+                                 f'None for index {int(idx)}: token datasets '
+                                 f'do not drop samples')
+    return results
 
 
 class SeededDatasetMixin:

@@ -33,13 +33,14 @@ import math
 import os
 import os.path as osp
 import re
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from vistok.registry import DATASETS
+from .base import apply_pipeline, build_pipeline
 from .compact_format import CompactTokenFile
 from .seit_format import (
     SeiTFormatError,
@@ -298,9 +299,11 @@ def _require_file(path, argument: str) -> str:
 
 
 class _TokenFileDataset(Dataset):
-    """The selection and sample dict shared by the token-file datasets;
-    subclasses set ``self.source`` and implement ``_read(position)`` (the
-    image's indices, as stored) and ``_sample_idx(position)``."""
+    """The selection, sample dict and pipeline shared by the token-file
+    datasets; subclasses set ``self.source`` and ``self.pipeline`` (built
+    transforms, see :func:`vistok.datasets.base.apply_pipeline`) and
+    implement ``_read(position)`` (the image's indices, as stored) and
+    ``_sample_idx(position)``."""
 
     def _select(self, labels: Optional[np.ndarray], num_images: int,
                 classes, class_names, subset_fraction, subset_seed: int,
@@ -329,13 +332,13 @@ class _TokenFileDataset(Dataset):
         if not -n <= idx < n:
             raise IndexError(f'index {idx} out of range for {n} selected '
                              f'images of {self.source}')
-        idx = int(idx) % n
+        draw, idx = idx, int(idx) % n  # a SeededIndex seeds the pipeline
         position = int(self.positions[idx])
         out = dict(indices=self._read(position),
                    sample_idx=self._sample_idx(position))
         if self.labels is not None:
             out['gt_label'] = int(self.labels[idx])
-        return out
+        return apply_pipeline(self.pipeline, out, draw)
 
     def _read(self, position: int):
         raise NotImplementedError
@@ -387,6 +390,11 @@ class SeiTTokenDataset(_TokenFileDataset):
             (``0 .. C - 1``). Default: True when ``classes`` is given;
             False keeps the file's labels.
         validate: check every image when the token file is loaded.
+        pipeline: transform configs (built with vistok's ``TRANSFORMS``) or
+            callables run on each sample dict, under the draw's seed when
+            the index is a :class:`~vistok.datasets.SeededIndex` (see
+            :func:`vistok.datasets.base.apply_pipeline`); None: the stored
+            sample as it is.
 
     Raises:
         FileNotFoundError: a file is missing (naming the argument and path).
@@ -400,7 +408,9 @@ class SeiTTokenDataset(_TokenFileDataset):
                  class_names: Optional[ClassSpec] = None,
                  subset_fraction: Optional[float] = None,
                  subset_seed: int = 0, remap_labels: Optional[bool] = None,
-                 validate: bool = False):
+                 validate: bool = False,
+                 pipeline: Optional[Sequence[Union[dict, Callable]]] = None):
+        self.pipeline = build_pipeline(pipeline or ())
         self.token_file = _require_file(token_file, 'token_file')
         self.index_file = _require_file(
             index_file if index_file is not None else
@@ -475,6 +485,11 @@ class CompactTokenDataset(_TokenFileDataset):
         remap_labels: ``gt_label`` = the class's position in ``classes``
             (``0 .. C - 1``). Default: True when ``classes`` is given;
             False keeps the file's labels.
+        pipeline: transform configs (built with vistok's ``TRANSFORMS``) or
+            callables run on each sample dict, under the draw's seed when
+            the index is a :class:`~vistok.datasets.SeededIndex` (see
+            :func:`vistok.datasets.base.apply_pipeline`); None: the stored
+            sample as it is.
 
     Raises:
         FileNotFoundError: the file is missing (naming the argument).
@@ -484,7 +499,9 @@ class CompactTokenDataset(_TokenFileDataset):
     def __init__(self, filename: str, classes: Optional[ClassSpec] = None,
                  class_names: Optional[ClassSpec] = None,
                  subset_fraction: Optional[float] = None,
-                 subset_seed: int = 0, remap_labels: Optional[bool] = None):
+                 subset_seed: int = 0, remap_labels: Optional[bool] = None,
+                 pipeline: Optional[Sequence[Union[dict, Callable]]] = None):
+        self.pipeline = build_pipeline(pipeline or ())
         self.filename = _require_file(filename, 'filename')
         self.source = self.filename
         self.token_store = CompactTokenFile(self.filename)

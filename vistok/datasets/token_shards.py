@@ -40,7 +40,7 @@ import os.path as osp
 import re
 import tarfile
 import warnings
-from typing import Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from torch.utils.data import Dataset
 from vistok.registry import DATASETS
 from vistok.utils.checkpoint import write_text_atomic
 from vistok.utils.fileio import sha256_file
+from .base import apply_pipeline, build_pipeline
 
 FORMAT = 'vistok-token-shards'
 FORMAT_VERSION = 1
@@ -373,11 +374,18 @@ class TokenShardDataset(Dataset):
             read.
         allow_incomplete: read the complete shards of an unfinished export
             (else ``ValueError``).
+        pipeline: transform configs (built with vistok's ``TRANSFORMS``) or
+            callables run on each sample dict, under the draw's seed when
+            the index is a :class:`~vistok.datasets.SeededIndex` (see
+            :func:`vistok.datasets.base.apply_pipeline`); None: the stored
+            sample as it is.
     """
 
     def __init__(self, data_root: str, verify: bool = False,
-                 allow_incomplete: bool = False):
+                 allow_incomplete: bool = False,
+                 pipeline: Optional[Sequence[Union[dict, Callable]]] = None):
         self.data_root = data_root
+        self.pipeline = build_pipeline(pipeline or ())
         self.verify = verify
         self.manifest = load_manifest(data_root)
         if not (self.manifest['complete'] or allow_incomplete):
@@ -396,6 +404,7 @@ class TokenShardDataset(Dataset):
         return self.shards[-1]['stop'] if self.shards else 0
 
     def __getitem__(self, idx: int) -> dict:
+        draw, idx = idx, int(idx)  # a SeededIndex seeds the pipeline
         if idx < 0:
             idx += len(self)
         if not 0 <= idx < len(self):
@@ -414,7 +423,7 @@ class TokenShardDataset(Dataset):
         out = dict(indices=indices, sample_idx=sample.get('sample_idx', idx))
         if 'gt_label' in sample:
             out['gt_label'] = sample['gt_label']
-        return out
+        return apply_pipeline(self.pipeline, out, draw)
 
     def read_shard(self, shard_id: int) -> List[dict]:
         """The samples of shard ``shard_id`` (``self.shards[shard_id]``), in

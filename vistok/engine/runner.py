@@ -17,6 +17,10 @@ What differs from ``mmengine.runner.Runner`` (0.10.7):
 * ``load_or_resume`` with ``resume=True`` and no path ("``--resume auto``")
   tries the work dir's checkpoints newest first and falls back past any that
   cannot be loaded; it never starts from scratch over existing checkpoints.
+* ``auto_scale_lr`` takes a ``rule``: ``'linear'`` (mmengine's) or
+  ``'sqrt'`` (SeiT++'s fine-tuning rule), and the effective batch counts
+  gradient accumulation (:mod:`vistok.engine.optimizers.lr_scaling`); the
+  config is checked when the Runner is built.
 
 The RNG states restored on resume are rank 0's; with the default
 ``randomness.diff_rank_seed=False`` all ranks share that stream.
@@ -33,12 +37,17 @@ from mmengine.dist import is_distributed, master_only
 from mmengine.fileio import get_file_backend, join_path
 from mmengine.logging import MessageHub
 from mmengine.model import is_model_wrapper
-from mmengine.optim import OptimWrapper
+from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import save_checkpoint, weights_to_cpu
 from mmengine.utils import apply_to
 
 import vistok
+from vistok.engine.optimizers.lr_scaling import (
+    check_auto_scale_lr,
+    effective_batch_size,
+    lr_scale_factor,
+)
 from vistok.models.utils.frozen import init_inference_weights
 from vistok.registry import MODEL_WRAPPERS, RUNNERS
 from vistok.utils.checkpoint import (
@@ -50,6 +59,17 @@ from vistok.utils.dist import init_dist
 from vistok.utils.rng import get_rng_state
 
 _CKPT_NUMBER = re.compile(r'(?:iter|epoch)_(\d+)\.pth$')
+
+
+def _unbuilt(schedulers) -> bool:
+    """Whether a ``param_scheduler`` config (a dict / list of configs, or
+    a dict of them per optimizer) holds no built scheduler yet."""
+    if isinstance(schedulers, dict):
+        return 'type' in schedulers or all(
+            _unbuilt(s) for s in schedulers.values())
+    if isinstance(schedulers, (list, tuple)):
+        return all(_unbuilt(s) for s in schedulers)
+    return False
 
 
 def candidate_checkpoints(work_dir):
@@ -83,6 +103,46 @@ class VistokRunner(Runner):
     may also select it with ``runner_type='VistokRunner'``."""
 
     resumed_rng_state = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_auto_scale_lr(self.auto_scale_lr)
+
+    def scale_lr(self, optim_wrapper, auto_scale_lr=None) -> None:
+        """Scale every parameter group's learning rate by the
+        ``auto_scale_lr`` rule (``'linear'`` or ``'sqrt'``, see
+        :mod:`vistok.engine.optimizers.lr_scaling`) at the effective batch
+        world size × per-GPU batch × the wrapper's ``accumulative_counts``
+        (each wrapper of an ``OptimWrapperDict`` with its own). The base lr
+        mmengine tracks for logging (``base_param_settings``, present with
+        several groups) is scaled too. Called by ``train()`` after the
+        optimizers and before the schedulers are built."""
+        if auto_scale_lr is None or not auto_scale_lr.get('enable', False):
+            return
+        if self.param_schedulers is not None and not _unbuilt(
+                self.param_schedulers):
+            raise RuntimeError('scale_lr must run before the parameter '
+                               'schedulers are built (they store the '
+                               'initial lr)')
+        loader = self._train_dataloader
+        batch_size = (loader['batch_size'] if isinstance(loader, dict) else
+                      loader.batch_size)
+        wrappers = (dict(optim_wrapper.items()) if isinstance(
+            optim_wrapper, OptimWrapperDict) else dict(optim=optim_wrapper))
+        for name, wrapper in wrappers.items():
+            # mmengine keeps the count private (OptimWrapper.__init__)
+            counts = getattr(wrapper, '_accumulative_counts', 1)
+            real = effective_batch_size(self.world_size, batch_size, counts)
+            factor = lr_scale_factor(auto_scale_lr, real)
+            self.logger.info(
+                f'auto_scale_lr ({auto_scale_lr.get("rule", "linear")}): '
+                f'{name} lr x {factor:.6g} for an effective batch of {real} '
+                f'({self.world_size} x {batch_size} x {counts}) against '
+                f'{auto_scale_lr["base_batch_size"]}')
+            for group in wrapper.optimizer.param_groups:
+                group['lr'] = group['lr'] * factor
+            if getattr(wrapper, 'base_param_settings', None) is not None:
+                wrapper.base_param_settings['lr'] *= factor
 
     def setup_env(self, env_cfg):
         if self.distributed and not is_distributed():

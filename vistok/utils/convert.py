@@ -315,8 +315,10 @@ def load_torch_checkpoint(path: str, trust: bool = False):
 def load_official_state_dict(path: str,
                              trust: bool = False) -> Dict[str, torch.Tensor]:
     """The state dict of an official checkpoint: a ``.safetensors`` file, or
-    a torch file holding the state dict or a dict with it under
-    ``'state_dict'`` (PyTorch Lightning) or ``'model'``.
+    a torch file holding the state dict, a dict with it under
+    ``'state_dict'`` (PyTorch Lightning) or ``'model'``, or a pickled
+    ``nn.Module`` (e.g. SeiT's ``tokenizer.ckpt``; only loadable with
+    ``trust``), whose ``state_dict()`` is taken.
 
     Torch files load safely
     (:func:`vistok.utils.checkpoint.load_checkpoint_file`); ``trust=True``
@@ -328,6 +330,8 @@ def load_official_state_dict(path: str,
         from safetensors.torch import load_file
         return load_file(path)
     loaded = load_torch_checkpoint(path, trust)
+    if isinstance(loaded, nn.Module):
+        loaded = loaded.state_dict()
     for wrapper in ('state_dict', 'model'):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]

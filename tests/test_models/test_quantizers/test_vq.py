@@ -194,8 +194,9 @@ def test_distances_in_fp32_under_autocast():
 def test_blockwise_search_matches_brute_force(monkeypatch):
     """The search scores a few rows at a time; the blocks (here 3 rows, the
     last one partial) must not change any index."""
-    from vistok.models.quantizers import vq
-    monkeypatch.setattr(vq, 'SEARCH_BLOCK_ELEMENTS', 3 * CODEBOOK_SIZE)
+    from vistok.models.utils import code_search
+    monkeypatch.setattr(code_search, 'SEARCH_BLOCK_ELEMENTS',
+                        3 * CODEBOOK_SIZE)
     quantizer = make_quantizer()
     z = latent((2, EMBED_DIM, 7))  # 14 vectors: blocks of 3, 3, 3, 3, 2
     expected = brute_force_indices(z, quantizer.codebook.detach())

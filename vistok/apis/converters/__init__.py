@@ -12,4 +12,6 @@ configs.
   the MaskGIT-VQGAN decoder rules for its stage-2 pixel decoder
 * :mod:`.imagefolder`: ImageFolder (lxa9867/ImageFolder ``VQModel``,
   MSVR10P2) -> ImageFolderTokenizer (``projects/ImageFolder``)
+* :mod:`.vitvqgan`: ViT-VQGAN (thuanz123/enhancing-transformers ``ViTVQ``,
+  the SeiT / SeiT++ tokenizer) -> AutoencoderTokenizer with ViT backbones
 """

@@ -5,6 +5,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from mmengine.evaluator import BaseMetric
 
+from vistok.datasets.token_files import read_class_list
 from vistok.registry import METRICS
 
 
@@ -72,9 +73,22 @@ class Accuracy(BaseMetric):
     ``topk``, in percent (mmpretrain's keys). Ties at the ``k``-th place
     are broken by ``torch.topk`` (see :func:`topk_hits`).
 
+    With ``class_subset`` the model is scored on a subset of its classes,
+    as for ImageNet-R's 200 ImageNet-1k classes (Hendrycks et al. 2021):
+    ``pred_score`` is restricted to the subset's classes, in its order, and
+    ``gt_label`` is a position in the subset (what an image folder of the
+    subset's classes gives when it lists them in that order, e.g. sorted
+    ImageNet wnids).
+
     Args:
         topk: ``k`` or the ``k`` values; each must be at most the number of
             classes (checked on the first batch, a clear error otherwise).
+        class_subset: class ids of ``pred_score`` (a list, or a file of one
+            id or class name per line; see
+            :func:`vistok.datasets.read_class_list`), or None.
+        class_names: a file or list naming the classes (line ``k`` = class
+            ``k``, e.g. ImageNet's ``LOC_synset_mapping.txt``), needed when
+            ``class_subset`` holds names.
         collect_device, prefix: see ``mmengine.evaluator.BaseMetric``
             (default prefix ``accuracy``).
     """
@@ -82,9 +96,13 @@ class Accuracy(BaseMetric):
 
     def __init__(self,
                  topk: Union[int, Sequence[int]] = (1, 5),
+                 class_subset=None,
+                 class_names=None,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
+        self.class_subset = (None if class_subset is None else torch.tensor(
+            read_class_list(class_subset, class_names)[0]))
         topk = (topk, ) if isinstance(topk, int) else tuple(topk)
         if not topk or any(not isinstance(k, int) or k < 1 for k in topk):
             raise ValueError(f'topk must be a positive int or a non-empty '
@@ -110,8 +128,14 @@ class Accuracy(BaseMetric):
         if len(shapes) > 1:
             raise ValueError(f'pred_score of one batch must have one number '
                              f'of classes, got shapes {sorted(shapes)}')
-        hits = topk_hits(torch.stack(scores), torch.tensor(labels),
-                         self.topk)
+        scores = torch.stack(scores)
+        if self.class_subset is not None:
+            if int(self.class_subset.max()) >= scores.shape[1]:
+                raise ValueError(
+                    f'class_subset holds class {int(self.class_subset.max())}'
+                    f' but pred_score has {scores.shape[1]} classes')
+            scores = scores[:, self.class_subset]
+        hits = topk_hits(scores, torch.tensor(labels), self.topk)
         self.results.extend(
             tuple(bool(h) for h in column) for column in hits.t())
 

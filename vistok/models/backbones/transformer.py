@@ -16,6 +16,7 @@ per-head tensors ``(B, H, N, D_h)``.
   with stochastic depth (:class:`DropPath`) and an optional U-ViT long skip
   input (Bao et al. 2023, concatenation + linear).
 """
+from functools import partial
 from typing import List, Optional, Sequence
 
 import torch
@@ -121,14 +122,24 @@ class SwiGLU(nn.Module):
         return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
-class MLP(nn.Module):
-    """ViT's ``fc2(dropout(GELU(fc1 x)))`` with biases, dropout on the
-    output."""
+#: hidden activations of :class:`MLP`
+MLP_ACTIVATIONS = dict(gelu=nn.GELU, tanh=nn.Tanh)
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
+
+class MLP(nn.Module):
+    """ViT's ``fc2(dropout(act(fc1 x)))`` with biases, dropout on the
+    output; ``act`` is GELU (ViT) or ``'tanh'`` (the ViT-VQGAN of
+    thuanz123/enhancing-transformers, ``FeedForward`` in
+    ``enhancing/modules/stage1/layers.py``)."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0,
+                 act: str = 'gelu'):
         super().__init__()
+        if act not in MLP_ACTIVATIONS:
+            raise ValueError(f'act must be one of {sorted(MLP_ACTIVATIONS)}, '
+                             f'got {act!r}')
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
+        self.act = MLP_ACTIVATIONS[act]()
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -259,7 +270,8 @@ class TransformerBlock(nn.Module):
     """Pre-norm block ``x + attn(norm(x))``, then ``x + ffn(norm(x))``.
 
     ``norm='rms'`` / ``ffn='swiglu'`` is the Llama block (LlamaGen);
-    ``norm='layer'`` / ``ffn='gelu'`` the ViT / U-ViT block. With
+    ``norm='layer'`` / ``ffn='gelu'`` the ViT / U-ViT block; ``ffn='tanh'``
+    the same MLP with a tanh (enhancing-transformers' ViT-VQGAN). With
     ``long_skip=True`` the block first fuses a U-ViT long skip connection:
     ``x ← Linear(concat(x, skip))`` (Bao et al. 2023, §3.1).
 
@@ -267,7 +279,8 @@ class TransformerBlock(nn.Module):
         dim, num_heads: width and heads.
         ffn_dim: hidden width of the feed-forward network.
         norm: ``'rms'`` or ``'layer'``.
-        ffn: ``'swiglu'`` or ``'gelu'``.
+        ffn: ``'swiglu'``, ``'gelu'`` or ``'tanh'`` (:class:`MLP`'s
+            activation).
         qkv_bias, proj_bias: see :class:`Attention`.
         dropout: dropout on the attention and feed-forward outputs.
         attn_dropout: dropout on attention weights.
@@ -291,7 +304,7 @@ class TransformerBlock(nn.Module):
                  drop_path: float = 0.0):
         super().__init__()
         norms = dict(rms=RMSNorm, layer=nn.LayerNorm)
-        ffns = dict(swiglu=SwiGLU, gelu=MLP)
+        ffns = dict(swiglu=SwiGLU, gelu=MLP, tanh=partial(MLP, act='tanh'))
         if norm not in norms:
             raise ValueError(f'norm must be one of {sorted(norms)}, got '
                              f'{norm!r}')

@@ -7,6 +7,12 @@ through ``F.scaled_dot_product_attention``) in its ViT flavour: LayerNorm,
 GELU MLP, biased projections (:func:`build_blocks`); the TiTok latent-token
 ViT of ``latent_vit.py`` and the generators use the same block.
 
+Layout options for released weights (defaults: the ViT above): ``mlp_act``
+(``'tanh'`` for the ViT-VQGAN of thuanz123/enhancing-transformers, whose
+``FeedForward`` is Linear-Tanh-Linear) and ``pixel_range`` (the image range
+the weights were trained on; that ViT-VQGAN sees ``[0, 1]``), as the conv
+backbones' ``pixel_range``.
+
 Layouts: the backbones take and return channel-first tensors (images
 ``(B, C, H, W)``, feature grids ``(B, C, h, w)``); inside, the transformer
 works on token sequences ``(B, N, D)`` in raster order (row-major over the
@@ -23,6 +29,7 @@ import torch.nn as nn
 
 from vistok.models.heads.pixel import PixelHead
 from vistok.registry import BACKBONES
+from .conv import _pixel_affine as pixel_affine
 from .transformer import TransformerBlock
 
 #: vistok block module name -> timm ``VisionTransformer`` block name
@@ -131,17 +138,19 @@ def init_vit_weights(module: nn.Module, std: float = 0.02) -> None:
 
 def build_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float,
                  qkv_bias: bool, dropout: float, attn_dropout: float,
-                 drop_path_rate: float, norm_eps: float) -> nn.ModuleList:
+                 drop_path_rate: float, norm_eps: float,
+                 mlp_act: str = 'gelu') -> nn.ModuleList:
     """``depth`` ViT blocks: the shared pre-LN
     :class:`~vistok.models.backbones.transformer.TransformerBlock` with
-    LayerNorm, a GELU MLP of width ``int(dim * mlp_ratio)`` and biased
+    LayerNorm, an MLP of width ``int(dim * mlp_ratio)`` (GELU, or the
+    ``mlp_act`` given: ``'gelu'`` | ``'tanh'``) and biased output
     projections; the drop-path probability grows linearly from 0 to
     ``drop_path_rate`` (stochastic-depth "linear decay rule", Huang et al.
     2016)."""
     rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
     return nn.ModuleList(
         TransformerBlock(dim, num_heads, int(dim * mlp_ratio), norm='layer',
-                         ffn='gelu', qkv_bias=qkv_bias, proj_bias=True,
+                         ffn=mlp_act, qkv_bias=qkv_bias, proj_bias=True,
                          dropout=dropout, attn_dropout=attn_dropout,
                          norm_eps=norm_eps, drop_path=rate)
         for rate in rates)
@@ -226,13 +235,13 @@ class _ViTTrunk(nn.Module):
                  num_heads: int, mlp_ratio: float, qkv_bias: bool,
                  dropout: float, attn_dropout: float, drop_path_rate: float,
                  pos_embed: str, pos_embed_temperature: float,
-                 norm_eps: float):
+                 norm_eps: float, mlp_act: str = 'gelu'):
         super().__init__()
         self.pos_embed = PositionEmbedding2D(embed_dim, grid, pos_embed,
                                              pos_embed_temperature)
         self.blocks = build_blocks(embed_dim, depth, num_heads, mlp_ratio,
                                    qkv_bias, dropout, attn_dropout,
-                                   drop_path_rate, norm_eps)
+                                   drop_path_rate, norm_eps, mlp_act)
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,6 +273,11 @@ class ViTEncoder(nn.Module):
         pos_embed: ``'learned'`` or ``'sincos'`` (MAE's fixed 2-D).
         pos_embed_temperature: sin-cos frequency base.
         norm_eps: LayerNorm epsilon.
+        mlp_act: the blocks' MLP activation, ``'gelu'`` (ViT) or
+            ``'tanh'`` (enhancing-transformers' ViT-VQGAN).
+        pixel_range: the image range the weights were trained on; inputs in
+            vistok's ``[-1, 1]`` are mapped to it affinely before the patch
+            embedding (enhancing-transformers' ViT-VQGAN: ``(0, 1)``).
     """
 
     def __init__(self,
@@ -281,8 +295,11 @@ class ViTEncoder(nn.Module):
                  drop_path_rate: float = 0.0,
                  pos_embed: str = 'learned',
                  pos_embed_temperature: float = 10000.0,
-                 norm_eps: float = 1e-6):
+                 norm_eps: float = 1e-6,
+                 mlp_act: str = 'gelu',
+                 pixel_range: Sequence[float] = (-1.0, 1.0)):
         super().__init__()
+        self.pixel_scale, self.pixel_shift = pixel_affine(pixel_range)
         self.in_channels = in_channels
         self.out_channels = embed_dim if out_channels is None else out_channels
         self.patch_size = patch_size
@@ -292,12 +309,14 @@ class ViTEncoder(nn.Module):
         self.trunk = _ViTTrunk(self.grid_size, embed_dim, depth, num_heads,
                                mlp_ratio, qkv_bias, dropout, attn_dropout,
                                drop_path_rate, pos_embed,
-                               pos_embed_temperature, norm_eps)
+                               pos_embed_temperature, norm_eps, mlp_act)
         self.proj_out = (nn.Identity() if out_channels is None else nn.Conv2d(
             embed_dim, out_channels, 1))
         self.apply(init_vit_weights)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if (self.pixel_scale, self.pixel_shift) != (1.0, 0.0):
+            images = images * self.pixel_scale + self.pixel_shift
         return self.proj_out(self.trunk(self.patch_embed(images)))
 
 
@@ -317,7 +336,10 @@ class ViTDecoder(nn.Module):
             grid is ``img_size / patch_size``.
         patch_size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias,
         dropout, attn_dropout, drop_path_rate, pos_embed,
-        pos_embed_temperature, norm_eps: as in :class:`ViTEncoder`.
+        pos_embed_temperature, norm_eps, mlp_act: as in
+        :class:`ViTEncoder`.
+        pixel_range: the image range the weights were trained on; the pixel
+            head's output is mapped from it to vistok's ``[-1, 1]``.
     """
 
     def __init__(self,
@@ -335,8 +357,11 @@ class ViTDecoder(nn.Module):
                  drop_path_rate: float = 0.0,
                  pos_embed: str = 'learned',
                  pos_embed_temperature: float = 10000.0,
-                 norm_eps: float = 1e-6):
+                 norm_eps: float = 1e-6,
+                 mlp_act: str = 'gelu',
+                 pixel_range: Sequence[float] = (-1.0, 1.0)):
         super().__init__()
+        self.pixel_scale, self.pixel_shift = pixel_affine(pixel_range)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.patch_size = patch_size
@@ -346,7 +371,7 @@ class ViTDecoder(nn.Module):
         self.trunk = _ViTTrunk(self.grid_size, embed_dim, depth, num_heads,
                                mlp_ratio, qkv_bias, dropout, attn_dropout,
                                drop_path_rate, pos_embed,
-                               pos_embed_temperature, norm_eps)
+                               pos_embed_temperature, norm_eps, mlp_act)
         self.head = PixelHead(embed_dim, self.patch_size, out_channels)
         self.apply(init_vit_weights)
 
@@ -354,4 +379,7 @@ class ViTDecoder(nn.Module):
         if z.dim() != 4 or z.shape[1] != self.in_channels:
             raise ValueError(f'z must be (B, {self.in_channels}, h, w), got '
                              f'shape {tuple(z.shape)}')
-        return self.head(self.trunk(self.embed(z)))
+        out = self.head(self.trunk(self.embed(z)))
+        if (self.pixel_scale, self.pixel_shift) != (1.0, 0.0):
+            out = (out - self.pixel_shift) / self.pixel_scale
+        return out

@@ -20,7 +20,6 @@ warm-up epoch (its ``--lr_scheduler cosine`` flag is unused: it builds a
 timm step schedule). Images are normalised as for the tokenizer.
 """
 import copy
-from contextlib import nullcontext
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -29,10 +28,14 @@ import torch.nn.functional as F
 from mmengine.model import BaseModel
 
 from vistok.models.data_preprocessors.image import image_preprocessor_cfg
-from vistok.models.utils.frozen import freeze_as_buffers, load_frozen_weights
+from vistok.models.utils.frozen import freeze_as_buffers
+from vistok.models.utils.tokenizer_loading import (
+    prepare_tokenizer,
+    resolve_use_ema,
+    tokenizer_inference,
+)
 from vistok.registry import HEADS, MODELS
 from vistok.structures import DataSample
-from vistok.utils.weights import MissingWeightsError, load_state_dict_file
 
 TOKENIZER_HOW_TO_GET = (
     'Set model.tokenizer_checkpoint to a checkpoint of the tokenizer that '
@@ -136,14 +139,7 @@ class LinearProbe(BaseModel):
         self.in_channels = self.branch_channels[self.branch]
         self.num_classes = num_classes
 
-        has_ema = getattr(tokenizer, 'ema', None) is not None
-        if use_ema and not has_ema:
-            raise ValueError(f'model.use_ema=True, but the '
-                             f'{type(tokenizer).__name__} keeps no EMA copy '
-                             f'(its config key ema)')
-        if use_ema is None:
-            use_ema = has_ema and getattr(tokenizer, 'ema_for_val', True)
-        self.use_ema = bool(use_ema)
+        self.use_ema = resolve_use_ema(tokenizer, use_ema, 'model.use_ema')
         self.tokenizer_checkpoint = tokenizer_checkpoint
         # never run the tokenizer's own init_weights (its loss networks'
         # files): its weights come from tokenizer_checkpoint
@@ -192,27 +188,15 @@ class LinearProbe(BaseModel):
         """Fill the frozen tokenizer from ``tokenizer_checkpoint`` (probe
         checkpoints do not hold it), then the frozen parts its checkpoints
         do not hold either through its own ``init_inference_weights()``
-        (e.g. TiTok's teacher), as ``load_tokenizer`` does.
+        (e.g. TiTok's teacher), as ``load_tokenizer`` does (both through
+        :func:`~vistok.models.utils.tokenizer_loading.prepare_tokenizer`).
         :class:`MissingWeightsError` names ``model.tokenizer_checkpoint``
         (or the tokenizer's key under ``model.tokenizer``) when a file is
         unset or missing."""
-        try:
-            state = load_state_dict_file(self.tokenizer_checkpoint,
-                                         'tokenizer_checkpoint',
-                                         TOKENIZER_HOW_TO_GET)
-        except MissingWeightsError as err:
-            raise err.with_prefix('model') from None
-        load_frozen_weights(self.tokenizer, state, self.tokenizer_checkpoint)
-        own_files = getattr(self.tokenizer, 'init_inference_weights', None)
-        if callable(own_files):
-            try:
-                own_files()
-            except MissingWeightsError as err:
-                # the tokenizer names its keys as the model (`model.x`)
-                key = err.key[len('model.'):] if err.key.startswith(
-                    'model.') else err.key
-                raise MissingWeightsError(err.path, f'model.tokenizer.{key}',
-                                          err.how_to_get) from None
+        prepare_tokenizer(self.tokenizer, self.tokenizer_checkpoint,
+                          checkpoint_key='model.tokenizer_checkpoint',
+                          how_to_get=TOKENIZER_HOW_TO_GET,
+                          model_key='model.tokenizer')
 
     # --- features and logits ---------------------------------------------
     @torch.no_grad()
@@ -220,9 +204,7 @@ class LinearProbe(BaseModel):
         """Pooled features ``(B, C_b)`` of the probed branch for ``inputs``
         (the data preprocessor's output, e.g. ``(B, 3, H, W)`` in
         [-1, 1])."""
-        ema = (self.tokenizer.ema_weights()
-               if self.use_ema else nullcontext())
-        with ema:
+        with tokenizer_inference(self.tokenizer, self.use_ema):
             quantized = self.tokenizer.quantizer.decode(
                 self.tokenizer.encode(inputs))
         if quantized.dim() < 3 or quantized.shape[1] != sum(

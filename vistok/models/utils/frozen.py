@@ -38,6 +38,12 @@ def freeze_as_buffers(module: nn.Module) -> nn.Module:
     return module
 
 
+def is_frozen(module: nn.Module) -> bool:
+    """Whether :func:`freeze_as_buffers` froze ``module`` (freezing it again
+    would take its tensors for derived buffers)."""
+    return hasattr(module, '_frozen_derived_buffers')
+
+
 def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
     """``train()`` of a frozen network: it stays in eval mode."""
     return self
