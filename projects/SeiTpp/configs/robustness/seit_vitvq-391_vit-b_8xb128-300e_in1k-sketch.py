@@ -1,0 +1,14 @@
+# Robustness row of paper_tables.md 2.4: ImageNet-Sketch (SeiT 22.6, SeiT++ w/o MTM 27.7).
+# Test only: python tools/test.py <this> CHECKPOINT (a checkpoint of
+# ../seit_vitvq-391_vit-b_8xb128-300e_in1k-tok32.py).
+_base_ = ['../seit_vitvq-391_vit-b_8xb128-300e_in1k-tok32.py',
+          '../_base_/online_tokenize_test.py']
+test_root = 'data/imagenet-sketch/sketch'
+model = dict(data_preprocessor=dict(tokenizer=dict(
+    config={{_base_.tokenizer_config}},
+    checkpoint={{_base_.tokenizer_checkpoint}})))
+test_dataloader = dict(
+    batch_size=64,
+    dataset=dict(_delete_=True, type='ImageFolderDataset',
+                 data_root=test_root,
+                 pipeline={{_base_.online_test_pipeline}}, test_mode=True))
