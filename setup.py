@@ -31,7 +31,8 @@ setup(
     install_requires=read_requirements('runtime.txt'),
     extras_require={
         'mamba': read_requirements('optional.txt'),
-        'tests': read_requirements('tests.txt'),
+        'llm': read_requirements('llm.txt'),
+        'tests': read_requirements('tests.txt') + read_requirements('llm.txt'),
     },
     license='Apache-2.0',
     zip_safe=False,

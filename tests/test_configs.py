@@ -36,6 +36,24 @@ def trained_parameters(model):
     return sum(p.numel() for part in parts for p in part.parameters())
 
 
+def fill_external_codebooks(model):
+    """A random stand-in for the tables quantizers read from files (e.g.
+    UniCode's LLM embedding), norms around 1 as LLaMA's."""
+    from vistok.models.quantizers import VectorQuantizer
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, VectorQuantizer) and (
+                module.use_external_codebook
+                and not module.external_codebook_loaded):
+            rows = module.codebook_size + 8  # an LLM vocabulary to select
+            table = torch.randn(rows, module.embed_dim, generator=generator)
+            table *= (1.0 + torch.rand(rows, 1, generator=generator)) / (
+                table.norm(dim=1, keepdim=True))
+            module.load_external_codebook(
+                table if module.external_codebook_key is not None else
+                table[:module.codebook_size])
+
+
 @pytest.mark.parametrize('path', CONFIGS,
                          ids=[osp.relpath(p, REPO_ROOT) for p in CONFIGS])
 def test_config_builds_its_model(path):
@@ -57,6 +75,7 @@ def test_config_builds_its_model(path):
     if hasattr(model, 'reconstruct'):
         if trained_parameters(model) < 100e6:
             model = build_model(cfg)
+            fill_external_codebooks(model)
             grid = getattr(model.encoder, 'grid_size', (4, 4))
             size = [g * getattr(model.encoder, 'patch_size', 16) for g in grid]
             with torch.no_grad():
@@ -90,6 +109,13 @@ PARAMETER_COUNTS = {
     375_258_593,
     'projects/ImageFolder/configs/var_msvr10p2-4k_d16_8xb96-350e_in1k-256.py':
     314_111_232,
+    # UniCode (the paper says "104M"; its configs are not released): the
+    # HQ-VAE's encoder 29,298,176, 1x1 convs around the 4,096-d codes
+    # 9,181,440, decoder 42,449,795 (the EMA / LLM codebooks are buffers)
+    'projects/UniCode/configs/unicode-hqvae_hq-llm32k-d4096_conv-f16_8xb48-'
+    '50e_llava-256.py': 80_929_411,
+    'projects/UniCode/configs/unicode-rqvae_rq-llm32k-d4096_conv-f32_8xb48-'
+    '50e_llava-256.py': 102_177_411,
 }
 
 

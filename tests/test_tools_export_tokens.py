@@ -23,6 +23,7 @@ from vistok.datasets import token_shards
 from vistok.datasets.seit_format import read_seit_codebook
 from vistok.datasets.token_files import CompactTokenDataset, SeiTTokenDataset
 from vistok.datasets.token_shards import TokenShardDataset, index_dtype
+from vistok.models.utils.token_ids import from_token_sequence
 from vistok.registry import DATASETS, MODELS
 from vistok.utils.checkpoint import CheckpointLoadError
 
@@ -271,6 +272,41 @@ def test_multi_level_export_round_trip(tool, tmp_path, kind):
     assert_indices_equal(read_back, direct)
     assert torch.equal(detokenize(model, read_back),
                        detokenize(model, direct))
+
+
+@pytest.mark.parametrize('kind', ['vq', 'residual', 'multiscale'])
+def test_flat_sequence_export_undoes_to_the_indices(tool, tmp_path, kind):
+    config, checkpoint = make_tokenizer(tmp_path, kind)
+    out = tmp_path / 'tokens'
+    manifest = tool['main'](export_args(config, checkpoint, out,
+                                        '--flat-sequence'))
+    structure, shapes, codebook_size, dtype = EXPECTED[kind]
+    assert manifest['token_order'] == dict(
+        vq='raster', residual='ResidualQuantizer.to_sequence',
+        multiscale='MultiScaleResidualQuantizer.to_sequence')[kind]
+    assert manifest['sequence'] == dict(structure=structure, shapes=shapes)
+    length = sum(int(np.prod(shape)) for shape in shapes)
+    assert (manifest['structure'], manifest['levels']) == (
+        'tensor', [dict(name='indices', shape=[length])])
+    assert (manifest['codebook_size'], manifest['dtype'],
+            manifest['id_map']) == (codebook_size, dtype, None)
+    dataset = TokenShardDataset(str(out), verify=True)
+    stored = torch.stack([dataset[i]['indices'] for i in range(NUM_IMAGES)])
+    model = load_tokenizer(config, checkpoint)
+    direct = direct_indices(model, source_images(config))
+    if kind == 'vq':  # raster order
+        expected = [direct[:, i, j] for i in range(16) for j in range(16)]
+    elif kind == 'residual':  # raster order, the depth ids of a position
+        expected = [direct[:, i, j, d] for i in range(16)  # consecutive
+                    for j in range(16) for d in range(2)]
+    else:  # scale by scale, raster order inside a scale
+        expected = [level[:, i, j] for level in direct
+                    for i in range(level.shape[1])
+                    for j in range(level.shape[2])]
+    assert torch.equal(stored, torch.stack(expected, 1))
+    assert_indices_equal(
+        from_token_sequence(model.quantizer, stored, manifest['sequence']),
+        direct)
 
 
 def test_interrupted_export_resumes_without_loss_or_duplicates(

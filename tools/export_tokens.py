@@ -3,7 +3,8 @@
     python tools/export_tokens.py CONFIG CHECKPOINT --data {train,val,test}
         --out DIR [--format {wds,seit,compact}] [--model {order0,context}]
         [--keep-shards] [--shard-size N] [--batch-size B]
-        [--num-workers W] [--seed S] [--signed-ids] [--overwrite]
+        [--num-workers W] [--seed S] [--signed-ids] [--flat-sequence]
+        [--llm-ids] [--overwrite]
         [--cfg-options k=v ...] [--trust-checkpoint] [--device cpu]
 
 Formats (:mod:`vistok.datasets.token_convert`):
@@ -42,6 +43,20 @@ Formats (:mod:`vistok.datasets.token_convert`):
 * Batches never cross shards, so a resumed export runs exactly the batches
   an uninterrupted one runs.
 * ``--signed-ids`` (negative ids) works with ``wds`` only.
+* ``--flat-sequence`` (``wds`` only): each sample is stored as one 1-D id
+  sequence in the quantizer's token order (its ``to_sequence``, e.g. a
+  hierarchical quantizer's ``token_order``; a single index tensor is
+  flattened row-major), in the quantizer's joint vocabulary; the manifest
+  records ``token_order`` and the per-level layout ``sequence``, which
+  ``vistok.models.utils.token_ids.from_token_sequence`` needs to undo it.
+* ``--llm-ids`` (``wds`` only): every code id is mapped to its LLM
+  vocabulary id through the quantizer's ``selected_llm_indices`` (UniCode:
+  a codebook taken from an LLM's embedding table; the official exporter
+  ``src/eval/vae/generate_img_token_ids.py`` maps the same way); the
+  manifest records ``id_map`` (the table's size and sha256) and
+  ``codebook_size`` becomes the bound of the stored ids. Refused when the
+  quantizer has no such table. With ``--flat-sequence``: the ids of a
+  UniCode MLLM's ``<vistok>`` text.
 * One process (``--num-workers`` loads data in parallel); exporting with
   several ranks is not supported.
 """
@@ -74,6 +89,14 @@ from vistok.datasets.token_shards import (  # noqa: E402
     TokenShardWriter,
     index_dtype,
     split_indices,
+)
+from vistok.models.utils.token_ids import (  # noqa: E402
+    LLM_TABLE_NAME,
+    codes_to_llm_ids,
+    llm_id_table,
+    sequence_order,
+    table_sha256,
+    to_token_sequence,
 )
 from vistok.registry import DATASETS  # noqa: E402
 from vistok.utils.checkpoint import (  # noqa: E402
@@ -121,6 +144,13 @@ def parse_args(argv=None):
     parser.add_argument('--signed-ids', action='store_true',
                         help='store ids as int32 so that negative ids '
                         '(dropped tokens) fit')
+    parser.add_argument('--flat-sequence', action='store_true',
+                        help='store each sample as one 1-D id sequence in '
+                        'the quantizer\'s token order (recorded in the '
+                        'manifest)')
+    parser.add_argument('--llm-ids', action='store_true',
+                        help='store LLM vocabulary ids: codes mapped through '
+                        f'the quantizer\'s {LLM_TABLE_NAME} (UniCode)')
     parser.add_argument('--overwrite', action='store_true',
                         help='delete an existing export in --out first')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -133,6 +163,14 @@ def parse_args(argv=None):
     if args.signed_ids and args.format != 'wds':
         parser.error('--signed-ids needs --format wds (the seit and compact '
                      'formats store non-negative codes)')
+    for flag in ('flat_sequence', 'llm_ids'):
+        if getattr(args, flag) and args.format != 'wds':
+            parser.error(f'--{flag.replace("_", "-")} needs --format wds '
+                         f'(only its manifest records the token order and '
+                         f'the id map)')
+    if args.llm_ids and args.signed_ids:
+        parser.error('--llm-ids and --signed-ids exclude each other: '
+                     'dropped (negative) ids have no LLM id')
     for name in ('shard_size', 'batch_size'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
@@ -151,21 +189,40 @@ def build_dataset(cfg: Config, data: str):
     return dataset
 
 
-def tokenize_shard(model, dataset, start: int, stop: int, args, bar):
-    """``(structure, samples)`` of dataset positions ``start .. stop - 1``
-    (see :meth:`TokenShardWriter.write_shard`)."""
+def stored_ids(model, indices, args, llm_table):
+    """``(structure, levels, layout)`` of a batch of ``indices`` as stored:
+    per-level grids or, with ``--flat-sequence``, one sequence per sample
+    (``layout`` its index layout, else None); LLM ids with ``--llm-ids``
+    (``llm_table`` is the quantizer's joint LLM id table)."""
+    quantizer = getattr(model, 'quantizer', None)
+    if not args.flat_sequence:
+        if llm_table is not None:
+            indices = codes_to_llm_ids(indices, quantizer, llm_table)
+        return (*split_indices(indices), None)
+    sequence, layout = to_token_sequence(quantizer, indices)
+    if llm_table is not None:
+        sequence = llm_table[sequence]
+    return 'tensor', [sequence], layout
+
+
+def tokenize_shard(model, dataset, start: int, stop: int, args, bar,
+                   llm_table=None):
+    """``(structure, samples, layout)`` of dataset positions ``start ..
+    stop - 1`` (see :meth:`TokenShardWriter.write_shard`; ``layout`` is
+    the index layout of flat sequences, else None)."""
     positions = [SeededIndex(i, draw_seed(args.seed, 0, i))
                  for i in range(start, stop)]
     loader = DataLoader(Subset(dataset, positions), batch_size=args.batch_size,
                         num_workers=args.num_workers,
                         collate_fn=pseudo_collate)
-    structure, samples = None, []
+    structure, samples, layout = None, [], None
     for batch in loader:
         if 'inputs' not in batch:
             raise KeyError(f'{args.data}_dataloader.dataset gives samples '
                            f'with keys {sorted(batch)}; its pipeline must '
                            f'end with PackInputs')
-        structure, levels = split_indices(tokenize(model, batch['inputs']))
+        structure, levels, layout = stored_ids(
+            model, tokenize(model, batch['inputs']), args, llm_table)
         data_samples = batch.get('data_samples') or [None] * len(levels[0])
         for b, data_sample in enumerate(data_samples):
             sample = dict(position=start + len(samples),
@@ -177,10 +234,11 @@ def tokenize_shard(model, dataset, start: int, stop: int, args, bar):
             samples.append(sample)
         if bar is not None:
             bar.update(len(data_samples))
-    return structure, samples
+    return structure, samples, layout
 
 
-def export_shards(model, dataset, identity: dict, out: str, args) -> dict:
+def export_shards(model, dataset, identity: dict, out: str, args,
+                  llm_table=None) -> dict:
     """Export (or resume exporting) the wds shards of ``dataset`` into
     ``out``; returns the manifest."""
     writer = TokenShardWriter(out, identity, overwrite=args.overwrite)
@@ -189,9 +247,9 @@ def export_shards(model, dataset, identity: dict, out: str, args) -> dict:
     bar = None if tqdm is None else tqdm(
         total=len(dataset), initial=writer.next_sample, unit='img')
     for shard_id, start, stop in writer.pending_shards():
-        structure, samples = tokenize_shard(model, dataset, start, stop, args,
-                                            bar)
-        writer.write_shard(shard_id, structure, samples)
+        structure, samples, layout = tokenize_shard(
+            model, dataset, start, stop, args, bar, llm_table)
+        writer.write_shard(shard_id, structure, samples, sequence=layout)
         if bar is None:
             print(f'[{stop}/{len(dataset)}] wrote shard {shard_id}')
     if bar is not None:
@@ -209,6 +267,27 @@ def seit_codebook(model):
               f'{CODEBOOK_NAME} written')
         return None
     return quantizer.code_vectors().detach().cpu()
+
+
+def llm_ids_of(model, args):
+    """``(table, id_map)`` of ``--llm-ids``: the quantizer's joint LLM id
+    table (:func:`~vistok.models.utils.token_ids.llm_id_table`) and the
+    manifest's ``id_map``; ``(None, None)`` without the flag."""
+    if not args.llm_ids:
+        return None, None
+    quantizer = getattr(model, 'quantizer', None)
+    if quantizer is None:
+        raise ValueError(f'--llm-ids: the {type(model).__name__} has no '
+                         f'quantizer to read {LLM_TABLE_NAME} from')
+    try:
+        table = llm_id_table(quantizer)
+    except ValueError as err:
+        raise ValueError(f'--llm-ids maps codes through the quantizer\'s '
+                         f'{LLM_TABLE_NAME}, which this tokenizer cannot '
+                         f'give: {err}') from None
+    return table, dict(
+        kind='llm', source=LLM_TABLE_NAME, num_codes=table.numel(),
+        sha256=table_sha256(table))
 
 
 def converted_name(args) -> str:
@@ -251,17 +330,24 @@ def main(argv=None):
     if args.trust_checkpoint:
         trust_pickled_checkpoints(True)
     model = load_tokenizer(cfg, args.checkpoint, device=args.device)
+    llm_table, id_map = llm_ids_of(model, args)
     dataset = build_dataset(cfg, args.data)
     codebook_size = int(model.codebook_size)
+    if llm_table is not None:  # the stored ids are LLM ids
+        codebook_size = int(llm_table.max()) + 1
     identity = dict(
         config_sha256=config_sha256(cfg.model),
         checkpoint_sha256=sha256_file(args.checkpoint),
         dataset_sha256=config_sha256(cfg[f'{args.data}_dataloader'].dataset),
         data=args.data, seed=args.seed, num_samples=len(dataset),
         shard_size=args.shard_size, codebook_size=codebook_size,
-        dtype=index_dtype(codebook_size, args.signed_ids).name)
+        dtype=index_dtype(codebook_size, args.signed_ids).name,
+        token_order=(sequence_order(model.quantizer)
+                     if args.flat_sequence else None),
+        id_map=id_map)
     if args.format == 'wds':
-        return export_shards(model, dataset, identity, args.out, args)
+        return export_shards(model, dataset, identity, args.out, args,
+                             llm_table)
     if args.format == 'seit' and codebook_size > NUM_STORABLE_CODES:
         raise ValueError(
             f'the tokenizer has {codebook_size} codes; the SeiT format '

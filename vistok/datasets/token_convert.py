@@ -48,6 +48,7 @@ from .token_arrays import tokens_sha256
 from .token_shards import (
     IDENTITY_KEYS,
     MANIFEST_NAME,
+    OPTIONAL_IDENTITY_KEYS,
     TokenShardDataset,
     TokenShardWriter,
     index_dtype,
@@ -124,6 +125,14 @@ def detect_format(path: str) -> str:
 def _open_wds(path: str) -> TokenSource:
     dataset = TokenShardDataset(path, verify=True)
     manifest = dataset.manifest
+    special = [k for k in OPTIONAL_IDENTITY_KEYS
+               if manifest.get(k) is not None]
+    if special:
+        raise ValueError(
+            f'{path} is a {" / ".join(special)} export (flat sequences or '
+            f'LLM ids, export_tokens --flat-sequence / --llm-ids); the other '
+            f'formats cannot record that yet, so it is not converted: '
+            f'convert the code-id export instead')
     labels, sample_idx = [], []
     for shard_id in range(len(dataset.shards)):
         for k, sample in enumerate(dataset.read_shard(shard_id)):

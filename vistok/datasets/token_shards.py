@@ -29,6 +29,26 @@ per-sample grid / sequence shape of each level), ``num_samples``,
 ``shard_size``, ``shards`` (the complete shards in order:
 ``{'name', 'start', 'stop', 'sha256'}``, samples ``start .. stop - 1``) and
 ``complete``.
+
+Optional fields (``tools/export_tokens.py --flat-sequence / --llm-ids``;
+``None`` or absent otherwise, so older manifests stay valid):
+
+* ``token_order``: each sample is one 1-D id sequence (``structure``
+  ``'tensor'``, one level of shape ``[L]``) in this order of the quantizer
+  (:func:`vistok.models.utils.token_ids.sequence_order`), and
+  ``sequence`` = ``{'structure', 'shapes'}`` is the quantizer's own index
+  layout per sample, which
+  :func:`vistok.models.utils.token_ids.from_token_sequence` needs to undo
+  it;
+* ``id_map``: the ids are not code ids but ``{'kind': 'llm'}`` LLM
+  vocabulary ids, each code mapped through the quantizer's
+  ``{'source': 'selected_llm_indices'}`` table of ``num_codes`` entries
+  with ``sha256`` (:func:`vistok.models.utils.token_ids.table_sha256`);
+  ``codebook_size`` is then the bound of the stored ids (largest LLM id
+  of the table + 1).
+
+``token_order`` and ``id_map`` belong to the export's identity: a resumed
+export must match them.
 """
 import bisect
 import hashlib
@@ -63,6 +83,8 @@ STRUCTURES = ('tensor', 'list', 'tuple')
 IDENTITY_KEYS = ('config_sha256', 'checkpoint_sha256', 'dataset_sha256',
                  'data', 'seed', 'num_samples', 'shard_size',
                  'codebook_size', 'dtype')
+#: identity fields that older manifests lack (``None`` when unused)
+OPTIONAL_IDENTITY_KEYS = ('token_order', 'id_map')
 REQUIRED_KEYS = ('format', 'format_version', *IDENTITY_KEYS, 'structure',
                  'levels', 'shards', 'complete')
 #: webdataset extensions of the per-sample metadata
@@ -148,6 +170,14 @@ def load_manifest(data_root: str) -> dict:
         raise ValueError(f'{path} lists shards but no valid structure / '
                          f'levels: {manifest["structure"]!r}, '
                          f'{manifest["levels"]!r}')
+    sequence = manifest.get('sequence')
+    if manifest['shards'] and manifest.get('token_order') is not None and (
+            not isinstance(sequence, dict)
+            or sequence.get('structure') not in STRUCTURES
+            or not sequence.get('shapes')):
+        raise ValueError(f'{path} stores sequences in token_order '
+                         f'{manifest["token_order"]!r} but no valid '
+                         f'sequence layout: {sequence!r}')
     return manifest
 
 
@@ -219,10 +249,12 @@ class TokenShardWriter:
                 f'{out_dir} holds token shards but no {MANIFEST_NAME}: choose '
                 f'a new --out or pass --overwrite')
         else:
-            self.manifest = dict(format=FORMAT, format_version=FORMAT_VERSION,
-                                 **{k: identity[k] for k in IDENTITY_KEYS},
-                                 structure=None, levels=None, shards=[],
-                                 complete=identity['num_samples'] == 0)
+            self.manifest = dict(
+                format=FORMAT, format_version=FORMAT_VERSION,
+                **{k: identity[k] for k in IDENTITY_KEYS},
+                **{k: identity.get(k) for k in OPTIONAL_IDENTITY_KEYS},
+                structure=None, levels=None, sequence=None, shards=[],
+                complete=identity['num_samples'] == 0)
         self._remove_shard_files(
             keep={shard['name'] for shard in self.manifest['shards']})
         self._save()
@@ -258,8 +290,10 @@ class TokenShardWriter:
 
     def _resume(self, identity: dict) -> dict:
         manifest = load_manifest(self.out_dir)
-        differ = [f'{k}: {manifest[k]!r} in the manifest, {identity[k]!r} now'
-                  for k in IDENTITY_KEYS if manifest[k] != identity[k]]
+        differ = [
+            f'{k}: {manifest.get(k)!r} in the manifest, {identity.get(k)!r} '
+            f'now' for k in (*IDENTITY_KEYS, *OPTIONAL_IDENTITY_KEYS)
+            if manifest.get(k) != identity.get(k)]
         if differ:
             raise ValueError(
                 f'{self.manifest_path} belongs to another export ('
@@ -298,6 +332,28 @@ class TokenShardWriter:
                     f'{expected}: every sample must give the same token '
                     f'grid (use a fixed-size pipeline)')
 
+    def _check_sequence(self, sequence: Optional[dict]) -> None:
+        """Record the index layout of flat sequences at the first shard;
+        later shards must match it."""
+        flat = self.manifest.get('token_order') is not None
+        if flat != (sequence is not None):
+            raise ValueError(
+                f'the export has token_order '
+                f'{self.manifest.get("token_order")!r}: write_shard needs '
+                f'a sequence layout exactly when token_order is set, got '
+                f'{sequence!r}')
+        if not flat:
+            return
+        sequence = dict(structure=sequence['structure'],
+                        shapes=[list(s) for s in sequence['shapes']])
+        if self.manifest.get('sequence') is None:
+            self.manifest['sequence'] = sequence
+        if sequence != self.manifest['sequence']:
+            raise ValueError(
+                f'the sequences encode {sequence}, the export has '
+                f'{self.manifest["sequence"]}: every sample must give the '
+                f'same token grid (use a fixed-size pipeline)')
+
     def _check_ids(self, array: np.ndarray, position: int) -> None:
         low = np.iinfo(self.dtype).min
         high = self.manifest['codebook_size'] - 1
@@ -310,7 +366,8 @@ class TokenShardWriter:
                 f'--signed-ids)')
 
     def write_shard(self, shard_id: int, structure: str,
-                    samples: Sequence[dict]) -> None:
+                    samples: Sequence[dict],
+                    sequence: Optional[dict] = None) -> None:
         """Write shard ``shard_id`` (the next pending one) and record it.
 
         Args:
@@ -320,6 +377,10 @@ class TokenShardWriter:
                 (numpy int arrays, no batch axis), ``position`` (index in the
                 exported dataset) and optionally ``sample_idx`` /
                 ``gt_label`` (ints).
+            sequence: when the export has a ``token_order`` (flat
+                sequences), the quantizer's layout ``{'structure',
+                'shapes'}`` of each sequence (see the module docstring);
+                ``None`` otherwise.
         """
         pending = next(self.pending_shards(), None)
         if pending is None or pending[0] != shard_id:
@@ -331,6 +392,7 @@ class TokenShardWriter:
             raise ValueError(f'shard {shard_id} must hold samples {start}..'
                              f'{stop - 1} in order, got {positions[:3]}...')
         self._check_levels(structure, samples)
+        self._check_sequence(sequence)
         names = [level['name'] for level in self.manifest['levels']]
         members = []
         for sample in samples:

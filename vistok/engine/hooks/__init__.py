@@ -1,9 +1,10 @@
 from .checkpoint_hook import CheckpointHook
+from .codebook_mix_hook import CodebookMixHook
 from .codebook_usage_hook import CodebookUsageHook
 from .reconstruction_grid_hook import ReconstructionGridHook
 from .save_reconstructions_hook import SaveReconstructionsHook
 
 __all__ = [
-    'CheckpointHook', 'CodebookUsageHook', 'ReconstructionGridHook',
-    'SaveReconstructionsHook'
+    'CheckpointHook', 'CodebookMixHook', 'CodebookUsageHook',
+    'ReconstructionGridHook', 'SaveReconstructionsHook'
 ]

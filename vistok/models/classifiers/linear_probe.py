@@ -168,7 +168,7 @@ class LinearProbe(BaseModel):
                     f'{type(quantizer).__name__} has {len(own)} branches '
                     f'(channel groups {own})')
             return own
-        channels = quantizer.in_channels
+        channels = getattr(quantizer, 'out_channels', quantizer.in_channels)
         num_branches = 1 if num_branches is None else num_branches
         if num_branches < 1 or channels % num_branches:
             raise ValueError(

@@ -7,6 +7,7 @@ last layer) or a fixed one — the discriminator start iteration, LeCam
 regularisation (Tseng et al. 2021) and the R1 penalty (Mescheder et al.
 2018). Logits are any-shaped tensors whose first axis is the batch.
 """
+import math
 from typing import Callable, Dict
 
 import torch
@@ -91,9 +92,18 @@ def r1_penalty(discriminator: Callable[[torch.Tensor], torch.Tensor],
 class AdversarialLoss(nn.Module):
     """Generator and discriminator terms of a VQGAN-style tokenizer.
 
-    Generator: ``λ · generator_weight · L_G(D(x̂))`` where ``λ`` is
+    Generator: ``λ · generator_weight · s · L_G(D(x̂))`` where ``λ`` is
     :func:`adaptive_gan_weight` (``adaptive_weight=True``, taming) or 1 (a
-    fixed GAN weight, as MaskGIT / TiTok / Open-MAGVIT2). Discriminator:
+    fixed GAN weight, as MaskGIT / TiTok / Open-MAGVIT2) and ``s`` is
+    :attr:`generator_scale` (1 unless set from outside with
+    :meth:`set_generator_scale`; UniCode fades the term with its codebook
+    mixing weight, ``s = 1 - 0.9·λ_mix``). ``s`` multiplies after the
+    adaptive weight is computed on the unscaled ``L_G`` — as in UniCode's
+    ``VQLPIPSWithDiscriminator`` (``src/vae/models/stage1/
+    discriminator.py``: ``g_loss = g_loss * (1 - 0.9 * llm_ratio)`` after
+    ``calculate_adaptive_weight``) — so the term scales by exactly ``s``
+    (scaling ``L_G`` before would be cancelled by the weight's ratio of
+    gradient norms). Discriminator:
     ``discriminator_weight · L_D + lecam_weight · R_LC + r1_weight / 2 · R1``.
     Both are zero — and the algorithm skips the discriminator entirely —
     before ``start_iter`` (taming's ``disc_start``).
@@ -150,8 +160,20 @@ class AdversarialLoss(nn.Module):
         self.lecam_weight = lecam_weight
         self.lecam_decay = lecam_decay
         self.r1_weight = r1_weight
+        #: multiplies the generator's GAN term (see the class docstring);
+        #: not checkpointed: whoever sets it (a schedule hook) sets it
+        #: again before every iteration
+        self.generator_scale = 1.0
         self.register_buffer('lecam_ema_real', torch.zeros(()))
         self.register_buffer('lecam_ema_fake', torch.zeros(()))
+
+    def set_generator_scale(self, scale: float) -> None:
+        """Set :attr:`generator_scale` ``s >= 0`` (1: the plain term)."""
+        scale = float(scale)
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f'generator scale must be a finite number >= 0, '
+                             f'got {scale!r}')
+        self.generator_scale = scale
 
     def is_active(self, iteration: int) -> bool:
         """Whether adversarial training runs at ``iteration``."""
@@ -161,8 +183,8 @@ class AdversarialLoss(nn.Module):
                          nll_loss: torch.Tensor,
                          last_layer: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``loss_gan`` (weighted) and the ``gan_weight`` ``λ ·
-        generator_weight`` for logging. ``nll_loss`` and ``last_layer`` are
-        used by the adaptive weight only."""
+        generator_weight · generator_scale`` for logging. ``nll_loss`` and
+        ``last_layer`` are used by the adaptive weight only."""
         gan = generator_gan_loss(self.loss_type, logits_fake.float())
         if self.adaptive_weight and torch.is_grad_enabled():
             weight = adaptive_gan_weight(nll_loss, gan, last_layer,
@@ -170,7 +192,7 @@ class AdversarialLoss(nn.Module):
                                          self.adaptive_weight_eps)
         else:
             weight = gan.new_tensor(1.0)
-        weight = weight * self.generator_weight
+        weight = weight * (self.generator_weight * self.generator_scale)
         return dict(loss_gan=weight * gan, gan_weight=weight)
 
     def discriminator_losses(self, discriminator: nn.Module,

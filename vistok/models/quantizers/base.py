@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from vistok.structures import QuantizerOutput
+from vistok.utils.weights import MissingWeightsError
 
 #: a sub-quantizer given as a ``QUANTIZERS`` config or as a built module
 QuantizerCfg = Union[dict, nn.Module]
@@ -86,14 +87,16 @@ class BaseQuantizer(nn.Module, metaclass=ABCMeta):
 
     * ``forward(z) -> QuantizerOutput(quantized, indices, loss, stats)`` for
       ``z`` of shape ``(B, C, *spatial)`` with ``C == self.in_channels``.
-      ``quantized`` has the shape of ``z`` and is written as the
+      ``quantized`` is ``(B, self.out_channels, *spatial)`` — the shape of
+      ``z`` unless the quantizer changes the channel count (see
+      :attr:`out_channels`) — and is written as the
       straight-through ``q + (z - z.detach())`` (see :func:`straight_through`)
       so that its value is bit-identical to ``decode(indices)``. ``loss``
       holds named, already-weighted terms whose names contain ``'loss'``;
       ``stats`` holds detached usage material (e.g. ``code_counts`` ``(K,)``
       and a scalar ``perplexity``).
     * ``encode(z) -> indices`` of shape ``(B, *spatial)`` (integer codes).
-    * ``decode(indices) -> z_q`` of shape ``(B, C, *spatial)``;
+    * ``decode(indices) -> z_q`` of shape ``(B, out_channels, *spatial)``;
       ``decode(encode(z))`` equals ``forward(z).quantized`` exactly.
     * Distance and entropy math runs in fp32 even under autocast.
 
@@ -109,6 +112,47 @@ class BaseQuantizer(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def codebook_size(self) -> int:
         """Number of distinct codes ``K``."""
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of ``quantized`` and of ``decode``'s output, what a
+        tokenizer's ``post_quant_conv`` takes: ``in_channels`` unless the
+        quantizer changes them (``HierarchicalQuantizer(combine='concat')``
+        outputs ``2 · in_channels``)."""
+        return self.in_channels
+
+    def sub_quantizers(self) -> List[Tuple[str, 'BaseQuantizer']]:
+        """``(name, quantizer)`` of the quantizers this one is built from
+        (a container's levels / depths / branches, also inside module
+        lists), outermost only; none for a leaf."""
+        found = []
+
+        def visit(module: nn.Module, prefix: str) -> None:
+            for name, child in module.named_children():
+                if isinstance(child, BaseQuantizer):
+                    found.append((prefix + name, child))
+                else:
+                    visit(child, f'{prefix}{name}.')
+
+        visit(self, '')
+        return found
+
+    def init_weights(self) -> None:
+        """Load what the sub-quantizers read from files (e.g. an external
+        codebook), so a container passes its tokenizer's ``init_weights``
+        on; a missing file names its full key (``top.external_...``)."""
+        for name, quantizer in self.sub_quantizers():
+            try:
+                quantizer.init_weights()
+            except MissingWeightsError as err:
+                raise err.with_prefix(name) from None
+
+    def init_inference_weights(self) -> None:
+        """Fill the tables checkpoints do not hold (e.g. UniCode's LLM
+        codebook with ``external_codebook_in_checkpoint=False``) in the
+        sub-quantizers; leaves that need it override this."""
+        for _, quantizer in self.sub_quantizers():
+            quantizer.init_inference_weights()
 
     @abstractmethod
     def forward(self, z: torch.Tensor) -> QuantizerOutput:

@@ -4,6 +4,7 @@ with MARVEL's per-depth scales (multi-depth lookup-free quantization) and
 SoundStream's quantizer dropout (Zeghidour et al. 2021, §3.3).
 """
 import copy
+import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -58,7 +59,14 @@ class ResidualQuantizer(BaseQuantizer):
 
     Indices are ``(B, *spatial, depth)``; a depth removed by quantizer
     dropout has index ``DROPPED_INDEX`` (-1) and contributes zero, in the
-    forward and in ``decode``.
+    forward and in ``decode``. The flat token sequence
+    (:meth:`to_sequence` / :meth:`from_sequence`) is position-major: the
+    positions in raster order, each position's ``D`` depth ids consecutive
+    (coarse to fine), ``(B, prod(spatial)·D)`` — RQ-Transformer's order and
+    UniCode's (``RQGenerator.encode`` in ``src/vae/models/stage1/
+    generator.py`` stacks the depth codes of a position last), so UniCode's
+    RQ-VAE (depth 4, shared codebook, 8×8 grid) gives 4 · 64 = 256 ids per
+    image, all in one vocabulary of :attr:`codebook_size` ids.
 
     Args:
         quantizer: config (``QUANTIZERS``) or module of the sub-quantizer.
@@ -159,12 +167,27 @@ class ResidualQuantizer(BaseQuantizer):
         dropped = torch.rand(batch_size, device=device) < self.dropout_prob
         return torch.where(dropped, drawn, self.depth)
 
+    def _cap_latent_once(self, z: torch.Tensor,
+                         mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """UniCode's RQ-VAE caps the latent's mean norm once, before the
+        depths (``RQGenerator.encode`` in the official
+        ``src/vae/models/stage1/generator.py``): with a sub-quantizer in
+        ``mix_mode='unicode'`` built with ``cap_latent_norm=False``, its
+        :meth:`~vistok.models.quantizers.VectorQuantizer.cap_latent` runs
+        here (a quantizer that caps itself would re-cap every residual)."""
+        first = self.quantizers[0]
+        if (getattr(first, 'mix_mode', None) == 'unicode'
+                and not first.cap_latent_norm):
+            return first.cap_latent(z, mask)
+        return z
+
     def forward(self,
                 z: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> QuantizerOutput:
         """Quantize ``z`` ``(B, C, *spatial)``; ``mask`` ``(B, *spatial)``
         bool, True = real token (see the class docstring)."""
         self._check(z, mask)
+        z = self._cap_latent_once(z, mask)
         num_depths = None
         if self.training and self.dropout_prob > 0:
             num_depths = self._sample_num_depths(z.shape[0], z.device)
@@ -222,7 +245,7 @@ class ResidualQuantizer(BaseQuantizer):
         """Indices ``(B, *spatial, D)`` of ``z`` ``(B, C, *spatial)`` (no
         dropout; equal to the eval-mode forward's)."""
         self._check(z, None)
-        residual, indices = z, []
+        residual, indices = self._cap_latent_once(z, None), []
         for d in range(self.depth):
             quantizer, scale = self.quantizer_at(d), self.depth_scales[d]
             depth_indices = quantizer.encode(residual / scale)
@@ -255,6 +278,30 @@ class ResidualQuantizer(BaseQuantizer):
             contribution = torch.where(kept.unsqueeze(1), contribution, 0)
             total = contribution if total is None else total + contribution
         return total
+
+    def to_sequence(self, indices: torch.Tensor) -> torch.Tensor:
+        """Indices ``(B, *spatial, D)`` -> the flat sequence ``(B,
+        prod(spatial)·D)``: raster order of the positions, each position's
+        depth ids consecutive (see the class docstring); dropped ids stay
+        ``DROPPED_INDEX``. The sub-quantizer's indices must be
+        ``(B, *spatial)`` (one id per position and depth)."""
+        if indices.dim() < 3 or indices.shape[-1] != self.depth:
+            raise ValueError(
+                f'indices must be (B, *spatial, depth={self.depth}), got '
+                f'shape {tuple(indices.shape)}')
+        return indices.flatten(1)
+
+    def from_sequence(self, sequence: torch.Tensor,
+                      size: Sequence[int]) -> torch.Tensor:
+        """Inverse of :meth:`to_sequence`: ``(B, prod(size)·D)`` -> indices
+        ``(B, *size, D)``; ``size`` is the latent grid (e.g. ``(8, 8)``)."""
+        size = tuple(int(s) for s in size)
+        expected = self.depth * math.prod(size)
+        if sequence.dim() != 2 or sequence.shape[1] != expected:
+            raise ValueError(
+                f'sequence must be (B, {expected}) (grid {size} x depth '
+                f'{self.depth}), got shape {tuple(sequence.shape)}')
+        return sequence.reshape(sequence.shape[0], *size, self.depth)
 
     def token_levels(
             self,

@@ -2,11 +2,13 @@
 2017, "Neural Discrete Representation Learning") and the tricks of the VQ
 family, each a keyword option of one class: EMA codebook updates, the
 rotation trick, dead-code restart, k-means init, a frozen codebook and
-mixing towards an external frozen codebook (UniCode).
+mixing towards an external frozen codebook (UniCode: an LLM's token
+embeddings as the codebook, with UniCode's latent-norm control).
 """
+import math
 import os
 import os.path as osp
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -18,6 +20,11 @@ from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
 from vistok.utils.checkpoint import load_checkpoint_file
 from vistok.utils.dist import all_reduce_sum_, broadcast_from_rank0_, get_rank
+from vistok.utils.llm_embedding import (
+    read_llm_embedding,
+    select_llm_rows,
+    table_sha256,
+)
 from .base import (
     BaseQuantizer,
     check_latent,
@@ -29,7 +36,14 @@ from .base import (
 )
 
 GRADIENT_ESTIMATORS = ('straight_through', 'rotation_trick')
-MIX_MODES = ('replace', 'recursive')
+MIX_MODES = ('replace', 'recursive', 'unicode')
+#: statistics of the latent's mean l2 norm for ``mix_mode='unicode'``
+LATENT_NORM_STATS = ('sample', 'running', 'batch')
+#: token id of ``selected_llm_indices`` before a table or checkpoint set it
+UNSET_TOKEN_ID = -1
+#: bytes of a sha256 digest (the ``external_codebook_sha256`` buffer; all
+#: zeros until a table is loaded)
+SHA256_BYTES = 32
 # EMA cluster size a code starts with (at construction, k-means init or a
 # restart): "one vector per step", so the code equals its embedding sum.
 INITIAL_CLUSTER_SIZE = 1.0
@@ -91,6 +105,29 @@ def rotation_trick(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return q.detach() + (rotated - rotated.detach())
 
 
+def sha256_bytes(hex_digest: str) -> torch.Tensor:
+    """A hex sha256 digest as the ``(32,)`` ``uint8`` tensor a buffer
+    holds."""
+    return torch.tensor(list(bytes.fromhex(hex_digest)), dtype=torch.uint8)
+
+
+def is_recorded(buffer: torch.Tensor) -> bool:
+    """Whether a record buffer (``external_codebook_sha256``, all zeros
+    until set; ``selected_llm_indices``, all ``UNSET_TOKEN_ID``) is set."""
+    unset = 0 if buffer.dtype == torch.uint8 else UNSET_TOKEN_ID
+    return bool((buffer != unset).any())
+
+
+def _integer_tensor(values, name: str) -> torch.Tensor:
+    """``values`` as an integer tensor (``ValueError`` naming ``name``
+    otherwise)."""
+    values = torch.as_tensor(values)
+    if values.dtype == torch.bool or values.is_floating_point() or \
+            values.is_complex():
+        raise ValueError(f'{name} must be integers, got {values.dtype}')
+    return values.long()
+
+
 def _single_tensor(loaded, path: str) -> torch.Tensor:
     """The tensor stored in ``path``: the object itself or the only tensor
     of a dict."""
@@ -136,7 +173,8 @@ class VectorQuantizer(BaseQuantizer):
     and every codebook update.
 
     Codebook updates (EMA, dead-code restart, k-means init) happen in
-    training mode only, under ``no_grad``, in fp32, before the codes are
+    training mode only (and not while :meth:`set_codebook_frozen` holds the
+    codebook), under ``no_grad``, in fp32, before the codes are
     gathered into ``quantized``: the assignment uses the codebook from before
     the update, ``quantized`` (and ``decode(indices)`` afterwards) the
     updated one. They are synchronised across ranks: the statistics are
@@ -217,11 +255,42 @@ class VectorQuantizer(BaseQuantizer):
             one, as in the official code; the paper writes the mix the other
             way round, ``C' = λ C + (1 - λ) C_L`` with ``λ`` the EMA weight.
         external_codebook_path: a file (``torch.save`` or ``.safetensors``)
-            holding the ``(K, D)`` external codebook in the code space;
-            implies ``use_external_codebook``. Constructors never read files
-            (DESIGN §6): :meth:`init_weights` loads it.
-        mix_mode: how the mix is applied. ``'replace'`` (what the official
-            UniCode code does): the codebook in use is
+            holding the ``(K, D)`` external codebook in the code space or,
+            with ``external_codebook_key``, an LLM's weights (a file or a
+            local Hugging Face folder); implies ``use_external_codebook``.
+            Constructors never read files (DESIGN §6): :meth:`init_weights`
+            (and :meth:`init_inference_weights`) load it.
+        external_codebook_key: read the table from an LLM (UniCode's
+            codebook source): only the ``(V, D)`` tensor of this name (e.g.
+            ``'model.embed_tokens.weight'``) is read from
+            ``external_codebook_path``
+            (:func:`~vistok.utils.llm_embedding.read_llm_embedding`), and
+            the ``K`` rows of
+            :func:`~vistok.utils.llm_embedding.select_llm_rows` become the
+            codebook: the whole vocabulary when ``K = V``, else the ``K``
+            rows with the smallest norms ``>= 1``, re-sorted by token id
+            (the official ``EMAVectorQuantizer.__init__``). Their token ids
+            are the persistent buffer ``selected_llm_indices``, so
+            :meth:`llm_token_ids` and :meth:`indices_from_llm_token_ids`
+            work from a checkpoint without the LLM. ``None``: the file holds
+            the ``(K, D)`` table itself.
+        external_num_codes: how many LLM rows are taken (with
+            ``external_codebook_key``): the codebook size, so it must equal
+            ``codebook_size``; ``None`` means ``codebook_size``.
+        external_codebook_in_checkpoint: keep the table (and
+            ``external_codebook_loaded``) in the state dict, as persistent
+            buffers (the default). ``False`` keeps it out of checkpoints,
+            and so out of a tokenizer's ``ema.*`` copy, and records its
+            sha256 (:func:`~vistok.utils.llm_embedding.table_sha256` of the
+            ``(K, D)`` table) in the persistent ``uint8`` buffer
+            ``external_codebook_sha256``: loading a state dict recorded
+            against another table than the loaded one, or loading another
+            table than the one a loaded state dict records, raises an error
+            naming both hashes. The table is then read from its file again:
+            :meth:`init_weights` before training (before a resume loads the
+            checkpoint), :meth:`init_inference_weights` before inference.
+        mix_mode: how the mix is applied. ``'replace'`` (the official
+            UniCode mix without its norm matching): the codebook in use is
             ``(1 - λ) C + λ C_ext`` at every look-up, with ``C`` the learned
             (EMA or gradient) codebook, whose statistics the mix never
             touches. ``'recursive'`` (EMA only): each EMA update mixes and
@@ -231,7 +300,52 @@ class VectorQuantizer(BaseQuantizer):
             linear ramp ``λ_i = i / T`` that is ``≈ 1 - exp(-t² / 2T)``, e.g.
             ~92% external after 48 steps of a 480-step ramp (10% of it),
             where ``'replace'`` is at 10%. It is a different method, not a
-            re-parametrisation.
+            re-parametrisation. ``'unicode'`` (EMA only, without
+            ``use_l2_norm``): UniCode's mix with its latent-norm control
+            (``EMAVectorQuantizer.forward``, ``norm_type='rela_llm'``, in the
+            official ``src/vae/models/stage1/modules/quantizer.py``). With
+            ``E`` the external table, ``m`` the mean of its row norms and
+            ``r`` the latent ratio, the codebook in use (:meth:`code_vectors`)
+            is ``C_t = (1 - λ) Ĉ + λ r E`` with ``Ĉ_i = normalize(C_ema,i) ·
+            ‖E_i‖ · r``: the EMA codebook's directions at the LLM tokens'
+            norms, mixed at every look-up from the EMA statistics, which the
+            mix never touches. The code-space latent is capped to a mean l2
+            norm of at most ``n_max`` (``latent_norm_cap``): ``z ← z · min(1,
+            n_max / n)`` with ``n`` its mean norm (``latent_norm_stat``), and
+            ``r = min(n, n_max) / n_max``; the look-up compares ``z / s`` with
+            ``C_t``, ``s = n_max · m`` (:meth:`lookup_scale`), and the codes
+            come out multiplied back, ``C_t[k] · s``, in the capped latent's
+            scale, where the commitment loss compares them (the cap is
+            differentiable, as in the official code). ``r`` is one number,
+            since ``decode`` needs it: the buffer ``latent_ratio``
+            (checkpointed, 1 before training), updated in training together
+            with the EMA statistics, i.e. after the look-up, to the batch's
+            ratio (for ``'sample'``: the mean of its samples' ratios;
+            summed over ranks, where the official code keeps one per rank).
+            Its forward adds the scalar stats ``latent_ratio`` and
+            ``latent_norm`` (the batch's mean norm before the cap).
+        latent_norm_stat: (``'unicode'`` only) the statistic ``n``:
+            ``'sample'`` (the default): each sample's mean norm over its own
+            (unmasked) positions, so an image's ids never depend on its
+            batch-mates; ``'running'``: a running mean of the batch means
+            (``latent_norm_decay``; the first training step sets it; the
+            buffer ``latent_norm_running``), updated in training after the
+            look-up and frozen in evaluation; ``'batch'``: the mean over the
+            rank's whole batch, as the official code (an image's ids then
+            depend on its batch-mates).
+        latent_norm_cap: ``n_max``, the official ``fix_len_l2norm`` (30).
+        latent_norm_decay: decay of the ``'running'`` mean.
+        cap_latent_norm: (``'unicode'`` only) cap the input inside
+            :meth:`forward` and :meth:`encode`. ``False`` for a quantizer
+            whose input a container has capped with :meth:`cap_latent`
+            (which also updates ``r``): the official RQ-VAE caps the latent
+            once before its residual depths (``RQGenerator.encode`` in
+            ``src/vae/models/stage1/generator.py``) and its shared
+            ``RQ_EMAVectorQuantizer`` does not cap the residuals.
+
+    Language-driven training (UniCode §3.2; the ``CodebookMixHook``) drives
+    an external codebook through :meth:`set_mix_weight` (λ),
+    :meth:`set_codebook_frozen` (the tail) and logs :meth:`mix_stats`.
     """
 
     def __init__(self,
@@ -253,7 +367,14 @@ class VectorQuantizer(BaseQuantizer):
                  kmeans_iters: int = 10,
                  use_external_codebook: bool = False,
                  external_codebook_path: Optional[str] = None,
-                 mix_mode: str = 'replace'):
+                 mix_mode: str = 'replace',
+                 external_codebook_key: Optional[str] = None,
+                 external_num_codes: Optional[int] = None,
+                 external_codebook_in_checkpoint: bool = True,
+                 latent_norm_stat: Optional[str] = None,
+                 latent_norm_cap: float = 30.0,
+                 latent_norm_decay: float = 0.99,
+                 cap_latent_norm: bool = True):
         super().__init__(embed_dim if in_channels is None else in_channels)
         if l2_norm_output is None:
             l2_norm_output = use_l2_norm
@@ -283,6 +404,20 @@ class VectorQuantizer(BaseQuantizer):
                                       or external_codebook_path is not None)
         self.external_codebook_path = external_codebook_path
         self.mix_mode = mix_mode
+        if mix_mode == 'unicode' and latent_norm_stat is None:
+            latent_norm_stat = 'sample'
+        self._check_external_options(
+            codebook_size, use_l2_norm, mix_mode, external_codebook_key,
+            external_num_codes, external_codebook_in_checkpoint,
+            latent_norm_stat, latent_norm_cap, latent_norm_decay,
+            cap_latent_norm)
+        self.external_codebook_key = external_codebook_key
+        self.external_num_codes = external_num_codes
+        self.external_codebook_in_checkpoint = external_codebook_in_checkpoint
+        self.latent_norm_stat = latent_norm_stat
+        self.latent_norm_cap = float(latent_norm_cap)
+        self.latent_norm_decay = latent_norm_decay
+        self.cap_latent_norm = cap_latent_norm
 
         # VQGAN's initialisation (Esser et al. 2021): U(-1/K, 1/K).
         init = torch.empty(codebook_size, embed_dim).uniform_(
@@ -303,14 +438,92 @@ class VectorQuantizer(BaseQuantizer):
             self.register_buffer('kmeans_initialized',
                                  torch.zeros((), dtype=torch.bool))
         if self.use_external_codebook:
-            self.register_buffer('external_codebook', torch.zeros_like(init))
-            self.register_buffer('external_codebook_loaded',
-                                 torch.zeros((), dtype=torch.bool))
-            self.register_buffer('mix_weight', torch.zeros(()))
+            self._register_external_buffers(init)
         self.set_codes(init)
 
         self.project_in, self.project_out = code_space_projections(
             self.in_channels, embed_dim)
+
+    def _register_external_buffers(self, init: torch.Tensor) -> None:
+        """The external codebook's buffers (see the class docstring)."""
+        in_checkpoint = self.external_codebook_in_checkpoint
+        unicode = self.mix_mode == 'unicode'
+        self.register_buffer('external_codebook', torch.zeros_like(init),
+                             persistent=in_checkpoint)
+        self.register_buffer('external_codebook_loaded',
+                             torch.zeros((), dtype=torch.bool),
+                             persistent=in_checkpoint)
+        self.register_buffer('mix_weight', torch.zeros(()))
+        # checkpointed in the new mode only: older checkpoints keep their keys
+        self.register_buffer('codebook_frozen',
+                             torch.zeros((), dtype=torch.bool),
+                             persistent=unicode)
+        if self.external_codebook_key is not None:
+            self.register_buffer(
+                'selected_llm_indices',
+                torch.full((len(init), ), UNSET_TOKEN_ID, dtype=torch.long))
+        if not in_checkpoint:
+            self.register_buffer('external_codebook_sha256',
+                                 torch.zeros(SHA256_BYTES, dtype=torch.uint8))
+        if unicode:
+            self.register_buffer('latent_ratio', torch.ones(()))
+            if self.latent_norm_stat == 'running':
+                self.register_buffer('latent_norm_running',
+                                     torch.tensor(self.latent_norm_cap))
+                self.register_buffer('latent_norm_initialized',
+                                     torch.zeros((), dtype=torch.bool))
+
+    def _check_external_options(self, codebook_size, use_l2_norm, mix_mode,
+                                key, num_codes, in_checkpoint, norm_stat,
+                                norm_cap, norm_decay, cap_latent_norm):
+        """Raise ``ValueError`` naming the first invalid option of the
+        external codebook (needs ``self.use_external_codebook``)."""
+        needs_external = dict(external_codebook_key=key is not None,
+                              external_codebook_in_checkpoint=not
+                              in_checkpoint)
+        if mix_mode == 'unicode':
+            needs_external['mix_mode'] = True
+        for name, used in needs_external.items():
+            if used and not self.use_external_codebook:
+                raise ValueError(
+                    f'{name} needs an external codebook: set '
+                    'external_codebook_path (or use_external_codebook=True)')
+        if key is not None and not (isinstance(key, str) and key):
+            raise ValueError(f'external_codebook_key must be a non-empty '
+                             f'string (the LLM tensor name), got {key!r}')
+        if num_codes is not None:
+            if key is None:
+                raise ValueError(
+                    'external_num_codes selects rows of an LLM table and '
+                    'needs external_codebook_key (e.g. '
+                    "'model.embed_tokens.weight')")
+            if num_codes != codebook_size:
+                raise ValueError(
+                    f'external_num_codes={num_codes!r} must equal '
+                    f'codebook_size={codebook_size}: the selected LLM rows '
+                    'are the codebook')
+        if mix_mode != 'unicode':
+            for name, value, default in (
+                    ('latent_norm_stat', norm_stat, None),
+                    ('cap_latent_norm', cap_latent_norm, True)):
+                if value != default:
+                    raise ValueError(
+                        f"{name}={value!r} needs mix_mode='unicode' (the "
+                        f'latent-norm control), got mix_mode={mix_mode!r}')
+            return
+        if use_l2_norm:
+            raise ValueError("mix_mode='unicode' matches the codes to the "
+                             'norms of the external table and needs '
+                             'use_l2_norm=False')
+        if norm_stat not in LATENT_NORM_STATS:
+            raise ValueError(f'latent_norm_stat must be one of '
+                             f'{LATENT_NORM_STATS}, got {norm_stat!r}')
+        if not norm_cap > 0:
+            raise ValueError(
+                f'latent_norm_cap must be positive, got {norm_cap!r}')
+        if not 0 <= norm_decay < 1:
+            raise ValueError(
+                f'latent_norm_decay must be in [0, 1), got {norm_decay!r}')
 
     def _check_options(self, codebook_size, embed_dim, ema_decay, ema_eps,
                        gradient_estimator, restart_threshold, restart_decay,
@@ -342,6 +555,10 @@ class VectorQuantizer(BaseQuantizer):
         if mix_mode == 'recursive' and ema_decay is None:
             raise ValueError("mix_mode='recursive' re-syncs the EMA sums and "
                              'needs ema_decay, got ema_decay=None')
+        if mix_mode == 'unicode' and ema_decay is None:
+            raise ValueError("mix_mode='unicode' aligns the EMA codebook "
+                             'and needs ema_decay (UniCode: 0.99), got '
+                             'ema_decay=None')
         if frozen_codebook:
             updates = dict(ema_decay=ema_decay,
                            restart_threshold=restart_threshold,
@@ -373,6 +590,16 @@ class VectorQuantizer(BaseQuantizer):
         weight = self.mix_weight
         return (1 - weight) * codes + weight * self.external_codebook.float()
 
+    def _unicode_mix(self, codes: torch.Tensor) -> torch.Tensor:
+        """``C_t = (1 - λ) Ĉ + λ r E`` with ``Ĉ_i = normalize(C_i) · ‖E_i‖ ·
+        r`` (official ``EMAVectorQuantizer.forward``, ``rela_llm``). At
+        ``λ = 1`` this is ``r E`` bit for bit: ``0 · Ĉ + 1 · (r E)``."""
+        table = self.external_codebook.float()
+        ratio, weight = self.latent_ratio.float(), self.mix_weight.float()
+        aligned = (F.normalize(codes, dim=-1) *
+                   table.norm(dim=-1, keepdim=True) * ratio)
+        return (1 - weight) * aligned + weight * (ratio * table)
+
     @torch.no_grad()
     def set_codes(self, vectors: torch.Tensor, rows=None) -> None:
         """Set the learned codes ``rows`` (all when ``None``; an index or
@@ -395,15 +622,44 @@ class VectorQuantizer(BaseQuantizer):
             self.code_usage[rows] = self.restart_threshold
 
     def code_vectors(self) -> torch.Tensor:
-        """The codes as they come out, ``(K, D)`` fp32: mixed with the
-        external codebook (``mix_mode='replace'``) and unit-norm with
-        ``l2_norm_output`` (i.e. ``use_l2_norm`` unless
+        """The codebook in use, ``(K, D)`` fp32: mixed with the external
+        codebook (``mix_mode='replace'`` or ``'unicode'``, see there; the
+        ``'unicode'`` codes come out multiplied by :meth:`lookup_scale`)
+        and unit-norm with ``l2_norm_output`` (i.e. ``use_l2_norm`` unless
         ``l2_norm_output=False``)."""
         with torch.autocast(self.codebook.device.type, enabled=False):
             codes = self.codebook.float()
             if self.use_external_codebook and self.mix_mode == 'replace':
+                if not self.external_codebook_in_checkpoint:
+                    self._require_table(only_if_mixed=True)
                 codes = self._mix(codes)
+            elif self.mix_mode == 'unicode':
+                self._require_table()
+                codes = self._unicode_mix(codes)
             return F.normalize(codes, dim=-1) if self.l2_norm_output else codes
+
+    def lookup_scale(self) -> torch.Tensor:
+        """``s = n_max · mean_i ‖E_i‖`` (``mix_mode='unicode'``; the official
+        ``scaled_ratio`` of ``norm_type='rela_llm'``): latents are divided by
+        ``s`` for the look-up and codes multiplied by it on the way out. A
+        0-dim fp32 tensor."""
+        if self.mix_mode != 'unicode':
+            raise ValueError("lookup_scale needs mix_mode='unicode', got "
+                             f'mix_mode={self.mix_mode!r}')
+        self._require_table()
+        with torch.autocast(self.codebook.device.type, enabled=False):
+            return self.latent_norm_cap * self.external_codebook.float().norm(
+                dim=-1).mean()
+
+    def _out_codes(self, codes: torch.Tensor,
+                   indices: torch.Tensor) -> torch.Tensor:
+        """The rows ``indices`` ``(N,)`` of the codebook in use ``codes``
+        as they come out: multiplied back by :meth:`lookup_scale` for
+        ``'unicode'``. The one expression of ``forward`` and ``decode``, so
+        both are bit-identical."""
+        if self.mix_mode == 'unicode':
+            return codes[indices] * self.lookup_scale()
+        return codes[indices]
 
     def _nearest(self, flat: torch.Tensor,
                  codes: torch.Tensor) -> torch.Tensor:
@@ -425,38 +681,166 @@ class VectorQuantizer(BaseQuantizer):
         if self.external_codebook_path is not None:
             self.load_external_codebook(self.external_codebook_path)
 
+    def init_inference_weights(self) -> None:
+        """Load ``external_codebook_path`` unless a table is already there
+        (from a checkpoint that holds it, or an earlier load): what a model
+        loaded for inference needs with
+        ``external_codebook_in_checkpoint=False``. An owner calls it on its
+        quantizer and on the quantizer's EMA copy."""
+        if (self.external_codebook_path is not None
+                and not bool(self.external_codebook_loaded)):
+            self.load_external_codebook(self.external_codebook_path)
+
     @torch.no_grad()
     def load_external_codebook(
             self, source: Union[torch.Tensor, str, os.PathLike]) -> None:
-        """Copy a ``(K, D)`` tensor, or the one tensor stored in a file
-        (loaded safely; ``.safetensors`` or ``torch.save``), into
-        ``external_codebook``."""
+        """Fill ``external_codebook``.
+
+        Without ``external_codebook_key``: from a ``(K, D)`` tensor, or the
+        one tensor stored in a file (loaded safely; ``.safetensors`` or
+        ``torch.save``). With it: ``source`` is the LLM — a path for
+        :func:`~vistok.utils.llm_embedding.read_llm_embedding` or its
+        ``(V, D)`` table as a tensor — whose selected rows are copied, their
+        token ids into ``selected_llm_indices``. Ids and (with
+        ``external_codebook_in_checkpoint=False``) the table's sha256 are
+        recorded; a load that differs from a recorded one raises.
+        """
         if not self.use_external_codebook:
             raise ValueError('load_external_codebook needs a quantizer built '
                              'with use_external_codebook=True or '
                              'external_codebook_path')
-        if not isinstance(source, torch.Tensor):
-            path = osp.expanduser(str(source))
-            if not osp.isfile(path):
-                raise FileNotFoundError(
-                    f'external codebook file {path!r} (the quantizer\'s '
-                    'external_codebook_path) does not exist: save the '
-                    f'({self.codebook_size}, {self.embed_dim}) table, e.g. '
-                    "the chosen rows of an LLM's input-embedding matrix "
-                    '(UniCode), with torch.save or safetensors and point '
-                    'external_codebook_path at it')
-            if path.endswith('.safetensors'):
-                loaded = load_safetensors(path)
-            else:
-                loaded = load_checkpoint_file(path, map_location='cpu')
-            source = _single_tensor(loaded, path)
+        where = ('a tensor' if isinstance(source, torch.Tensor) else
+                 repr(osp.expanduser(str(source))))
+        token_ids = None
+        if self.external_codebook_key is not None:
+            source, token_ids = self._read_llm_rows(source, where)
+        elif not isinstance(source, torch.Tensor):
+            source = self._read_table_file(source)
         expected = (self.codebook_size, self.embed_dim)
         if tuple(source.shape) != expected:
             raise ValueError(f'external codebook must have shape {expected} '
                              f'(codebook_size, embed_dim), got '
                              f'{tuple(source.shape)}')
+        records = {}
+        if token_ids is not None:
+            records['selected_llm_indices'] = token_ids
+        if not self.external_codebook_in_checkpoint:
+            records['external_codebook_sha256'] = sha256_bytes(
+                table_sha256(source))
+        for name, value in records.items():
+            recorded = getattr(self, name)
+            if is_recorded(recorded) and not torch.equal(
+                    recorded.cpu(), value):
+                raise self._mismatch(name, recorded, value, where)
+        for name, value in records.items():
+            getattr(self, name).copy_(value)
         self.external_codebook.copy_(source)
         self.external_codebook_loaded.fill_(True)
+
+    def _read_table_file(self, source) -> torch.Tensor:
+        """The one ``(K, D)`` tensor of a ``torch.save`` / safetensors
+        file."""
+        path = osp.expanduser(str(source))
+        if not osp.isfile(path):
+            raise FileNotFoundError(
+                f'external codebook file {path!r} (the quantizer\'s '
+                'external_codebook_path) does not exist: save the '
+                f'({self.codebook_size}, {self.embed_dim}) table, e.g. '
+                "the chosen rows of an LLM's input-embedding matrix "
+                '(UniCode), with torch.save or safetensors and point '
+                'external_codebook_path at it, or set external_codebook_key '
+                'to read the rows from the LLM itself')
+        if path.endswith('.safetensors'):
+            loaded = load_safetensors(path)
+        else:
+            loaded = load_checkpoint_file(path, map_location='cpu')
+        return _single_tensor(loaded, path)
+
+    def _read_llm_rows(self, source, where: str):
+        """``(rows (K, D), their token ids (K,))`` of the LLM ``source``."""
+        key = self.external_codebook_key
+        if isinstance(source, torch.Tensor):
+            table = source.detach().to('cpu', torch.float32)
+        else:
+            table = read_llm_embedding(source, key,
+                                       config_key='external_codebook_path')
+        if table.dim() != 2 or table.shape[1] != self.embed_dim:
+            raise ValueError(
+                f'the LLM table {key!r} of {where} has shape '
+                f'{tuple(table.shape)}; it must be (vocabulary, '
+                f'embed_dim={self.embed_dim}): the codes are LLM token '
+                'embeddings, so embed_dim must be the LLM hidden size')
+        num_key = ('external_num_codes' if self.external_num_codes is not None
+                   else 'codebook_size')
+        token_ids = select_llm_rows(table, self.codebook_size,
+                                    config_key=num_key)
+        return table[token_ids], token_ids
+
+    def _mismatch(self, name: str, recorded: torch.Tensor,
+                  loaded: torch.Tensor, where: str) -> ValueError:
+        """The error of a table that is not the one a checkpoint records."""
+        source = (f'external_codebook_path={self.external_codebook_path!r}'
+                  + (f', external_codebook_key={self.external_codebook_key!r}'
+                     if self.external_codebook_key is not None else ''))
+        if name == 'external_codebook_sha256':
+            what = (f'has sha256 {bytes(loaded.tolist()).hex()}, but the '
+                    f'checkpoint was trained against a table with sha256 '
+                    f'{bytes(recorded.tolist()).hex()}')
+        else:
+            changed = int((recorded.cpu() != loaded.cpu()).sum())
+            what = (f'selects other LLM rows than the checkpoint\'s '
+                    f'selected_llm_indices ({changed} of '
+                    f'{self.codebook_size} token ids differ)')
+        return ValueError(
+            f'the external codebook loaded from {where} (config key '
+            f'`external_codebook_path`; {source}) {what}: point '
+            '`external_codebook_path` at the table the checkpoint was '
+            'trained with')
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Check the table the incoming state dict records (its
+        ``selected_llm_indices`` and, with
+        ``external_codebook_in_checkpoint=False``, its sha256) against the
+        loaded table, then load; a state dict recorded before any table was
+        loaded (all unset) keeps this module's records."""
+        kept = {}
+        if self.use_external_codebook:
+            loaded = bool(self.external_codebook_loaded)
+            for name in ('selected_llm_indices', 'external_codebook_sha256'):
+                incoming = state_dict.get(prefix + name)
+                if name not in self._buffers or incoming is None:
+                    continue
+                mine = getattr(self, name)
+                if not is_recorded(incoming):
+                    if is_recorded(mine):
+                        kept[name] = mine.clone()
+                elif (loaded and is_recorded(mine) and not torch.equal(
+                        incoming.to(mine.device), mine)):
+                    raise self._mismatch(name, incoming, mine,
+                                         'its file (loaded before the state '
+                                         'dict)')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        for name, value in kept.items():
+            getattr(self, name).copy_(value)
+
+    def _require_table(self, only_if_mixed: bool = False) -> None:
+        """Raise unless the external table is loaded (with
+        ``only_if_mixed``: unless it is loaded or ``λ = 0``)."""
+        if only_if_mixed and not bool(self.mix_weight > 0):
+            return
+        if not bool(self.external_codebook_loaded):
+            raise RuntimeError(
+                f'the external codebook is not loaded (mix_mode='
+                f'{self.mix_mode!r}, mix weight {float(self.mix_weight)}): '
+                'call init_weights() or init_inference_weights() (which read '
+                f'external_codebook_path={self.external_codebook_path!r}) or '
+                'load_external_codebook(); with '
+                'external_codebook_in_checkpoint=False a checkpoint does not '
+                'hold the table')
 
     @torch.no_grad()
     def set_mix_weight(self, weight: float) -> None:
@@ -472,7 +856,209 @@ class VectorQuantizer(BaseQuantizer):
             raise RuntimeError('set_mix_weight(%r) before the external '
                                'codebook was loaded: call init_weights() or '
                                'load_external_codebook() first' % weight)
+        if weight < 1 and self.codebook_frozen:
+            raise ValueError(
+                f'set_mix_weight({weight!r}) on a frozen codebook: '
+                'set_codebook_frozen(True) holds λ = 1; call '
+                'set_codebook_frozen(False) first')
         self.mix_weight.fill_(weight)
+
+    @torch.no_grad()
+    def set_codebook_frozen(self, frozen: bool) -> None:
+        """UniCode's tail (the last ``tail_epoch`` epochs train encoder and
+        decoder against the frozen LLM codebook). ``True`` sets ``λ = 1`` —
+        the codebook in use is then ``r E`` (``'unicode'``) or ``E`` — and
+        stops every change of it by training forwards: no EMA update, no
+        dead-code restart or k-means init, no update of ``r`` or of the
+        running latent norm, no ``loss_codebook`` (gradient codebooks); the
+        encoder keeps its commitment loss and straight-through gradient.
+        ``False`` lets the updates resume (``λ`` stays until
+        :meth:`set_mix_weight`). The flag is the buffer ``codebook_frozen``
+        (checkpointed with ``mix_mode='unicode'``)."""
+        if not self.use_external_codebook:
+            raise ValueError('set_codebook_frozen needs a quantizer built '
+                             'with use_external_codebook=True or '
+                             'external_codebook_path')
+        if frozen:
+            self.set_mix_weight(1.0)
+        self.codebook_frozen.fill_(bool(frozen))
+
+    @torch.no_grad()
+    def mix_stats(self) -> Dict[str, float]:
+        """Floats to log while mixing: ``mix_weight`` (``λ``),
+        ``latent_ratio`` (``r``; 1 without ``'unicode'``'s latent-norm
+        control), ``diff_cos = 1 - mean_i cos(C_t,i, r E_i)`` between the
+        codebook in use and the scaled external table (the official
+        ``diff_cos``, ``src/vae/models/stage1/generator.py``; NaN before the
+        table is loaded), ``codebook_frozen`` (0 or 1); with ``'unicode'``
+        also ``lookup_scale`` (``s``), with ``'running'``
+        ``latent_norm_running``."""
+        if not self.use_external_codebook:
+            raise ValueError('mix_stats needs a quantizer built with '
+                             'use_external_codebook=True or '
+                             'external_codebook_path')
+        unicode = self.mix_mode == 'unicode'
+        ratio = self.latent_ratio.float() if unicode else torch.ones(())
+        stats = dict(mix_weight=float(self.mix_weight),
+                     latent_ratio=float(ratio),
+                     diff_cos=math.nan,
+                     codebook_frozen=float(self.codebook_frozen))
+        if bool(self.external_codebook_loaded):
+            target = ratio.to(self.external_codebook) * \
+                self.external_codebook.float()
+            cosine = F.cosine_similarity(self.code_vectors(), target, dim=-1)
+            stats['diff_cos'] = float(1 - cosine.mean())
+            if unicode:
+                stats['lookup_scale'] = float(self.lookup_scale())
+        if unicode and self.latent_norm_stat == 'running':
+            stats['latent_norm_running'] = float(self.latent_norm_running)
+        return stats
+
+    def llm_token_ids(self, indices: torch.Tensor) -> torch.Tensor:
+        """LLM vocabulary ids of code ``indices`` (an integer tensor of any
+        shape): ``selected_llm_indices[indices]``, from the buffer alone (a
+        checkpoint suffices, no LLM file). An index outside
+        ``[0, codebook_size)`` raises naming it."""
+        ids = self._selected_ids('llm_token_ids')
+        indices = _integer_tensor(indices, 'indices')
+        bad = (indices < 0) | (indices >= self.codebook_size)
+        if bad.any():
+            raise ValueError(
+                f'code index {int(indices[bad][0])} is outside [0, '
+                f'{self.codebook_size}) (codebook_size): no LLM token id')
+        return ids.to(indices.device)[indices]
+
+    def indices_from_llm_token_ids(self,
+                                   token_ids: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`llm_token_ids`: code indices of LLM vocabulary
+        ``token_ids`` (any shape). An id outside the selected subset raises
+        naming it."""
+        ids = self._selected_ids('indices_from_llm_token_ids')
+        token_ids = _integer_tensor(token_ids, 'token_ids')
+        ids = ids.to(token_ids.device)
+        positions = torch.searchsorted(ids, token_ids.reshape(-1)).clamp(
+            max=len(ids) - 1).reshape(token_ids.shape)
+        bad = ids[positions] != token_ids
+        if bad.any():
+            raise ValueError(
+                f'LLM token id {int(token_ids[bad][0])} is not one of the '
+                f'{len(ids)} vocabulary ids of the codebook '
+                '(selected_llm_indices): it is no image code')
+        return positions
+
+    def _selected_ids(self, method: str) -> torch.Tensor:
+        """``selected_llm_indices``, checked to be set."""
+        if self.external_codebook_key is None:
+            raise ValueError(f'{method} needs a codebook of LLM rows: build '
+                             'the quantizer with external_codebook_key (and '
+                             'external_codebook_path)')
+        ids = self.selected_llm_indices
+        if not is_recorded(ids):
+            raise RuntimeError(
+                f'{method}: selected_llm_indices are not set: load the table '
+                '(init_weights(), load_external_codebook()) or a checkpoint '
+                'of this quantizer')
+        return ids
+
+    # --- latent-norm control (UniCode) --------------------------------------
+    def _control_latent_norm(self, flat: torch.Tensor, index_shape,
+                             mask: Optional[torch.Tensor], update: bool):
+        """Cap the code-space vectors ``flat`` ``(N, D)`` (fp32; positions
+        of ``index_shape`` ``(B, *spatial)``, unmasked where ``mask``) to a
+        mean norm ``<= n_max`` by the statistic of ``latent_norm_stat``.
+
+        Returns ``(capped, pending, latent_norm)``: ``pending`` maps buffers
+        to their new values (``latent_ratio``, the running mean) when
+        ``update`` (training, codebook not frozen), else ``{}``; their sums
+        are taken over ranks. ``latent_norm`` is the batch's mean norm
+        before the cap (detached).
+        """
+        cap, stat = self.latent_norm_cap, self.latent_norm_stat
+        norms = flat.norm(dim=-1)
+        weights = (torch.ones_like(norms) if mask is None else
+                   mask.reshape(-1).to(norms.dtype))
+        tiny = torch.finfo(norms.dtype).tiny
+        total = torch.stack([(norms * weights).sum(), weights.sum()]).detach()
+        latent_norm = total[0] / total[1].clamp_min(1)
+        pending = {}
+        if stat == 'sample':
+            num = weights.reshape(index_shape[0], -1).sum(1)
+            means = (norms * weights).reshape(index_shape[0], -1).sum(1) / \
+                num.clamp_min(1)
+            factor = (cap / means.clamp_min(tiny)).clamp(max=1)
+            capped = (flat.reshape(index_shape[0], -1, flat.shape[-1]) *
+                      factor[:, None, None]).reshape(flat.shape)
+            if update:  # the mean of the samples' ratios (with a position)
+                has = (num > 0).to(norms.dtype)
+                ratio = all_reduce_sum_(torch.stack([
+                    (means * factor / cap * has).sum(), has.sum()]).detach())
+                pending['latent_ratio'] = ratio[0] / ratio[1].clamp_min(1)
+                valid = ratio[1] > 0
+        elif stat == 'batch':  # official: mean norm of the (rank's) batch
+            mean = (norms * weights).sum() / weights.sum().clamp_min(1)
+            factor = (cap / mean.clamp_min(tiny)).clamp(max=1)
+            capped = flat * factor
+            if update:  # official post_len_l2norm: mean capped norm / n_max
+                ratio = all_reduce_sum_(torch.stack([
+                    (norms * factor * weights).sum() / cap,
+                    weights.sum()]).detach())
+                pending['latent_ratio'] = ratio[0] / ratio[1].clamp_min(1)
+                valid = ratio[1] > 0
+        else:  # running
+            running = self.latent_norm_running
+            if update:
+                total = all_reduce_sum_(total.clone())
+                valid = total[1] > 0
+                batch_mean = total[0] / total[1].clamp_min(1)
+                first = ~self.latent_norm_initialized
+                running = torch.where(first & valid, batch_mean, running)
+                decay = self.latent_norm_decay
+                pending['latent_norm_running'] = torch.where(
+                    first, running, decay * running + (1 - decay) * batch_mean)
+                pending['latent_ratio'] = (
+                    pending['latent_norm_running'].clamp(max=cap) / cap)
+                pending['latent_norm_initialized'] = (
+                    self.latent_norm_initialized | valid)
+            capped = flat * (cap / running.clamp_min(tiny)).clamp(max=1)
+        if update:  # a batch without any (unmasked) position changes nothing
+            pending = {
+                name: torch.where(valid, value, getattr(self, name))
+                for name, value in pending.items()
+            }
+        return capped, pending, latent_norm
+
+    @torch.no_grad()
+    def _apply_pending(self, pending: Dict[str, torch.Tensor]) -> None:
+        for name, value in pending.items():
+            getattr(self, name).copy_(value)
+
+    def cap_latent(self,
+                   z: torch.Tensor,
+                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``z`` ``(B, C, *spatial)`` capped to a mean l2 norm ``<= n_max``
+        by this quantizer's ``latent_norm_stat`` (``mix_mode='unicode'``),
+        for a container that caps once before calling a quantizer built
+        with ``cap_latent_norm=False`` (the official RQ-VAE,
+        ``RQGenerator.encode``). In training (codebook not frozen) it
+        updates ``r`` (and the running mean) at once, as the official
+        ``post_len_l2norm`` set before the residual depths. The cap is
+        differentiable; the result has ``z``'s dtype."""
+        if self.mix_mode != 'unicode':
+            raise ValueError("cap_latent needs mix_mode='unicode', got "
+                             f'mix_mode={self.mix_mode!r}')
+        check_latent(z, self.in_channels, mask, min_spatial_dims=1)
+        flat, index_shape = flatten_channels_last(z)
+        with torch.autocast(flat.device.type, enabled=False):
+            capped, pending, _ = self._control_latent_norm(
+                flat.float(), index_shape, mask, self._updates_codebook())
+        self._apply_pending(pending)
+        return unflatten_channels_first(capped, index_shape).to(z.dtype)
+
+    def _updates_codebook(self) -> bool:
+        """Whether a forward now may change the codebook (training and,
+        with an external codebook, not frozen)."""
+        return self.training and not (self.use_external_codebook
+                                      and bool(self.codebook_frozen))
 
     # --- code space ----------------------------------------------------------
     def _to_code_space(self, z: torch.Tensor):
@@ -493,15 +1079,33 @@ class VectorQuantizer(BaseQuantizer):
         """Code-space vectors ``(N, D)`` -> ``(B, C, *spatial)``."""
         return unflatten_channels_first(self.project_out(flat), index_shape)
 
+    def _unicode_latent(self, flat: torch.Tensor, index_shape,
+                        mask: Optional[torch.Tensor], update: bool):
+        """``mix_mode='unicode'``: ``(capped latent, look-up vectors =
+        capped / s (detached), pending buffer updates, batch mean norm or
+        None)`` of the code-space vectors ``flat``; the cap only with
+        ``cap_latent_norm``."""
+        with torch.autocast(flat.device.type, enabled=False):
+            pending, latent_norm = {}, None
+            if self.cap_latent_norm:
+                flat, pending, latent_norm = self._control_latent_norm(
+                    flat, index_shape, mask, update)
+            return flat, flat.detach() / self.lookup_scale(), pending, \
+                latent_norm
+
     def encode(self, z: torch.Tensor) -> torch.Tensor:
-        """Indices ``(B, *spatial)`` of ``z`` ``(B, C, *spatial)``."""
+        """Indices ``(B, *spatial)`` of ``z`` ``(B, C, *spatial)`` (no
+        buffer changes, in training either)."""
         flat, index_shape = self._to_code_space(z)
+        if self.mix_mode == 'unicode':
+            _, flat, _, _ = self._unicode_latent(flat, index_shape, None,
+                                                 update=False)
         return self._nearest(flat, self.code_vectors()).reshape(index_shape)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Quantized latents ``(B, C, *spatial)`` of ``indices``
         ``(B, *spatial)``."""
-        codes = self.code_vectors()[indices.reshape(-1)]
+        codes = self._out_codes(self.code_vectors(), indices.reshape(-1))
         return self._from_code_space(codes, indices.shape)
 
     # --- training-time updates ---------------------------------------------
@@ -596,27 +1200,39 @@ class VectorQuantizer(BaseQuantizer):
         def unmasked(x):
             return x if mask is None else x[mask]
 
-        if self.training and self.kmeans_init and not self.kmeans_initialized:
+        update = self._updates_codebook()
+        pending, latent_norm = {}, None
+        if self.mix_mode == 'unicode':  # flat: the capped latent
+            flat, lookup, pending, latent_norm = self._unicode_latent(
+                flat, index_shape, mask, update)
+        else:
+            lookup = flat.detach()
+        if update and self.kmeans_init and not self.kmeans_initialized:
             with torch.no_grad():
                 self._kmeans_init(unmasked(flat.detach()))
         codes = self.code_vectors()
-        indices = self._nearest(flat.detach(), codes.detach())
+        indices = self._nearest(lookup, codes.detach())
         counts = torch.bincount(unmasked(indices),
                                 minlength=self.codebook_size)
         num_restarted = None
-        if self.training and (self.ema_decay is not None
-                              or self.restart_threshold is not None):
+        updates_ema = (self.ema_decay is not None
+                       or self.restart_threshold is not None)
+        if update and (updates_ema or pending):
             with torch.no_grad():
-                num_restarted = self._update_codebook(
-                    unmasked(flat.detach()), unmasked(indices), counts)
+                if updates_ema:
+                    num_restarted = self._update_codebook(
+                        unmasked(flat.detach()), unmasked(indices), counts)
+                self._apply_pending(pending)
             codes = self.code_vectors()
-        q = codes[indices]
+        q = self._out_codes(codes, indices)
 
         flat_kept, q_kept = unmasked(flat), unmasked(q)
         denominator = max(flat_kept.numel(), 1)  # 0 loss if all is masked
         loss = dict(loss_commitment=self.commitment_weight *
                     (flat_kept - q_kept.detach()).pow(2).sum() / denominator)
-        if not self.frozen_codebook and self.ema_decay is None:
+        frozen = self.frozen_codebook or (self.use_external_codebook
+                                          and bool(self.codebook_frozen))
+        if not frozen and self.ema_decay is None:
             loss['loss_codebook'] = self.codebook_weight * (
                 q_kept - flat_kept.detach()).pow(2).sum() / denominator
 
@@ -624,6 +1240,10 @@ class VectorQuantizer(BaseQuantizer):
         if num_restarted is not None:
             stats['restarted_codes'] = torch.tensor(float(num_restarted),
                                                     device=counts.device)
+        if self.mix_mode == 'unicode':
+            stats['latent_ratio'] = self.latent_ratio.detach().clone()
+            if latent_norm is not None:
+                stats['latent_norm'] = latent_norm
 
         if self.gradient_estimator == 'rotation_trick':
             out = rotation_trick(flat, q)

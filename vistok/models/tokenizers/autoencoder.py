@@ -38,12 +38,15 @@ class AutoencoderTokenizer(BaseTokenizer):
 
     Network args (:meth:`build_network`):
         encoder: BACKBONES config (or module) exposing ``out_channels``.
-        quantizer: QUANTIZERS config (or module) exposing ``in_channels``.
+        quantizer: QUANTIZERS config (or module) exposing ``in_channels``
+            and ``out_channels`` (every ``BaseQuantizer``).
         decoder: BACKBONES config (or module) exposing ``in_channels``.
         use_quant_conv: 1×1 conv from the encoder's ``out_channels`` to the
             quantizer's ``in_channels`` (taming's ``quant_conv``). Without it
             the two must be equal.
-        use_post_quant_conv: 1×1 conv from the quantizer's ``in_channels`` to
+        use_post_quant_conv: 1×1 conv from the quantizer's ``out_channels``
+            (its ``in_channels`` except for a quantizer that changes them,
+            e.g. ``HierarchicalQuantizer(combine='concat')``: ``2·C``) to
             the decoder's ``in_channels`` (taming's ``post_quant_conv``).
     """
 
@@ -61,8 +64,8 @@ class AutoencoderTokenizer(BaseTokenizer):
             self.quantizer.in_channels, 'encoder.out_channels',
             'quantizer.in_channels')
         self.post_quant_conv = channel_adapter(
-            use_post_quant_conv, self.quantizer.in_channels,
-            self.decoder.in_channels, 'quantizer.in_channels',
+            use_post_quant_conv, self.quantizer.out_channels,
+            self.decoder.in_channels, 'quantizer.out_channels',
             'decoder.in_channels')
 
     def default_last_layer(self) -> str:

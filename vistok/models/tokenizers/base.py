@@ -47,7 +47,11 @@ from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 
 from vistok.models.data_preprocessors.image import image_preprocessor_cfg
-from vistok.models.quantizers.base import flat_tokens, token_levels
+from vistok.models.quantizers.base import (
+    BaseQuantizer,
+    flat_tokens,
+    token_levels,
+)
 from vistok.models.utils import ModelEMA, NonFiniteGuard, update_params
 from vistok.registry import DISCRIMINATORS, LOSSES, MODELS
 from vistok.structures import DataSample, QuantizerOutput, TokenizerOutput
@@ -259,7 +263,14 @@ class BaseTokenizer(BaseModel):
     def init_inference_weights(self) -> None:
         """Fill, from their files, the frozen parts needed at inference
         (checkpoints do not hold frozen parts; ``load_tokenizer`` and
-        testing a loaded model call this). None by default."""
+        testing a loaded model call this): by default the tables the
+        quantizer and its EMA copy keep out of checkpoints (UniCode's LLM
+        codebook with ``external_codebook_in_checkpoint=False``).
+        Subclasses extend it with ``super().init_inference_weights()``."""
+        for module in self.modules():
+            if isinstance(module, BaseQuantizer) and not (
+                    module.sub_quantizers()):
+                module.init_inference_weights()
 
     def init_weights(self) -> None:
         """Initialise (and load the pretrained files of) the losses and the

@@ -232,6 +232,7 @@ class TiTokTokenizer(BaseTokenizer):
         ``teacher_path``; ``MissingWeightsError`` naming
         ``model.teacher_path`` when the file is missing. Checkpoints do not
         hold it: ``load_tokenizer`` and testing call this."""
+        super().init_inference_weights()
         if self.teacher is not None:
             state = load_state_dict_file(self.teacher_path,
                                          'model.teacher_path',
