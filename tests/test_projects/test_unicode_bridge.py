@@ -399,3 +399,16 @@ def test_generation_gives_subset_ids_that_decode_to_an_image(llm, export):
                           markers=False)
     tokens = plain.generate_image_ids(records[:1], 16)['tokens']
     assert tokens.shape == (1, 16) and torch.isin(tokens, llm.selected).all()
+
+
+def test_hub_ids_are_refused_not_downloaded(tmp_path, monkeypatch):
+    """A Hugging Face hub id (or a missing folder) is an error naming the
+    key and how to get the folder: nothing is fetched at run time."""
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    for where in ('lmsys/vicuna-7b-v1.5', str(tmp_path / 'missing')):
+        with pytest.raises(FileNotFoundError,
+                           match=r'llm_path=.*no config.json.*hf download'):
+            UniCodeBridge.from_pretrained(where, torch.arange(4))
+        with pytest.raises(FileNotFoundError,
+                           match=r'llm_path=.*not a directory'):
+            load_llm_tokenizer(where)

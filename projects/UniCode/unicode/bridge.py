@@ -227,7 +227,10 @@ class UniCodeBridge(nn.Module):
         if not osp.isfile(osp.join(folder, 'config.json')):
             raise FileNotFoundError(
                 f'{key}={folder!r} holds no config.json: give a local '
-                f'Hugging Face model folder (save_pretrained writes one)')
+                f'Hugging Face model folder (save_pretrained writes one); '
+                f'nothing is downloaded: fetch it on a machine with '
+                f'internet, e.g. `hf download lmsys/vicuna-7b-v1.5 '
+                f'--local-dir DIR`, and copy DIR here')
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             folder, local_files_only=True)
         lm = transformers.AutoModelForCausalLM.from_pretrained(
