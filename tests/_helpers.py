@@ -4,6 +4,7 @@ import contextlib
 import importlib.util
 import os
 import os.path as osp
+import socket
 
 import torch
 
@@ -32,6 +33,15 @@ def torch_threads(num_threads: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    """A TCP port on localhost that is free now (bound to port 0 and
+    released), for the rendezvous of torchrun / gloo tests: a fixed port
+    collides with a concurrent run on the same machine."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
 
 
 def subprocess_env(**extra):

@@ -75,6 +75,25 @@ def test_build_from_registry_and_layout_helpers():
         scales=IMAGEFOLDER_SCALES).sequence_length == 286  # ImageFolder
 
 
+def test_default_lookup_is_vars_euclidean_one():
+    """VAR's released tokenizer looks codes up by plain Euclidean distance
+    of un-normalised codes (``VectorQuantizer2(using_znorm=False)``), not by
+    cosine: on codes of very different norms the default's indices are the
+    brute-force Euclidean arg-min, which here differs from the cosine one."""
+    torch.manual_seed(0)
+    quantizer = MultiScaleResidualQuantizer(scales=[1], use_phi=False)
+    with torch.no_grad():
+        quantizer.quantizer.codebook.mul_(
+            torch.logspace(-1, 1, 4096).unsqueeze(1))
+    z = torch.randn(64, 32, 1, 1)
+    codes = quantizer.quantizer.codebook
+    flat = z.flatten(1)
+    euclidean = torch.cdist(flat, codes).argmin(1)
+    cosine = (F.normalize(flat, dim=1) @ F.normalize(codes, dim=1).T).argmax(1)
+    assert (euclidean != cosine).any()
+    assert torch.equal(quantizer(z).indices[0].flatten(), euclidean)
+
+
 def test_phi_assignment_follows_var():
     """VAR's PhiPartiallyShared with 4 convs over 10 scales (ticks at
     1/12 .. 11/12; scale 2 sits on a tie and goes to the lower conv)."""

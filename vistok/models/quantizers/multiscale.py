@@ -19,11 +19,13 @@ from vistok.structures import QuantizerOutput
 from .base import BaseQuantizer, straight_through, usage_stats
 from .vq import VectorQuantizer  # noqa: F401  (registers the default lookup)
 
-#: VAR's tokenizer: vocabulary 4096, 32 channels, cosine look-up.
+#: VAR's tokenizer: vocabulary 4096, 32 channels, plain Euclidean look-up
+#: of un-normalised codes (VAR's ``build_vae_var`` leaves
+#: ``VectorQuantizer2(using_znorm=False)``, models/quant.py).
 DEFAULT_QUANTIZER = dict(type='VectorQuantizer',
                          codebook_size=4096,
                          embed_dim=32,
-                         use_l2_norm=True)
+                         use_l2_norm=False)
 
 #: how quantizer dropout picks the dropped samples (see the class docstring)
 DROPOUT_MODES = ('per_sample', 'first_fraction')
@@ -44,8 +46,8 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
     With ``r_1 = z`` and ``f̂_0 = 0``, for scale ``i = 1..n`` (VAR Alg. 1):
 
     * ``k_i = Q(area_downsample(r_i, s_i))`` — token map ``(B, s_i, s_i)``,
-      looked up by the owned per-scale ``quantizer`` (cosine look-up by
-      default);
+      looked up by the owned per-scale ``quantizer`` (VAR's Euclidean
+      look-up by default);
     * ``h_i = Φ_i(bicubic_upsample(decode(k_i), H))``;
     * ``f̂_i = f̂_{i-1} + h_i`` and ``r_{i+1} = r_i - h_i``.
 
@@ -70,18 +72,18 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
 
     **Look-up**: the per-scale quantizer is built from ``quantizer`` and only
     its ``encode`` / ``decode`` are used, so the code added at a scale is
-    exactly what it decodes to. With the default ``VectorQuantizer(
-    use_l2_norm=True)`` (cosine look-up, as VAR's ``using_znorm`` and
-    ImageFolder) the added codes are the l2-normalised ones (magnitudes are
-    then carried by Φ and the encoder); ``VectorQuantizer(use_l2_norm=True,
-    l2_norm_output=False)`` adds the raw codebook row after the cosine
-    look-up, as VAR's and ImageFolder's ``VectorQuantizer2`` do.
-    ``use_l2_norm=False`` is VAR's default Euclidean look-up of
-    un-normalised codes. Options of the inner quantizer that act in its own
-    ``forward`` (its losses, EMA updates, restarts) are not used: the
-    codebook learns from ``loss_codebook`` below, and an in-projection of
-    the inner quantizer receives no gradient (the look-up is discrete), so
-    reduce channels in the encoder instead.
+    exactly what it decodes to. The default ``VectorQuantizer(
+    use_l2_norm=False)`` is the Euclidean look-up of un-normalised codes of
+    VAR's released tokenizer (``using_znorm=False``). ``VectorQuantizer(
+    use_l2_norm=True, l2_norm_output=False)`` is the cosine look-up that
+    adds the raw codebook row, as ``VectorQuantizer2(using_znorm=True)`` of
+    VAR's code and ImageFolder's configs do; ``VectorQuantizer(
+    use_l2_norm=True)`` adds the l2-normalised codes instead (magnitudes
+    are then carried by Φ and the encoder). Options of the inner quantizer
+    that act in its own ``forward`` (its losses, EMA updates, restarts) are
+    not used: the codebook learns from ``loss_codebook`` below, and an
+    in-projection of the inner quantizer receives no gradient (the look-up
+    is discrete), so reduce channels in the encoder instead.
 
     **Losses** (VAR's ``mean_vq_loss``), averaged over the scales of the
     running reconstructions ``f̂_i``, already weighted:
@@ -137,7 +139,7 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
             13, 16]``; ImageFolder: ``[1, 1, 2, 3, 3, 4, 5, 6, 8, 11]``.
         quantizer: config of the per-scale quantizer that owns the shared
             ``K × D`` codebook (default: ``DEFAULT_QUANTIZER``, VAR's 4096 ×
-            32 cosine look-up); any quantizer whose ``encode`` / ``decode``
+            32 Euclidean look-up); any quantizer whose ``encode`` / ``decode``
             work on ``(B, C, s, s)`` maps fits.
         use_phi: apply the Φ blending convs (VAR); ``False`` adds the
             up-sampled codes as they are.
