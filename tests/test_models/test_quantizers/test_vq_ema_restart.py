@@ -1,6 +1,7 @@
 """VectorQuantizer's training-time options: EMA codebook, masks, dead-code
 restart, k-means init, rotation trick and external-codebook mixing
-(single process; the multi-rank behaviour is in test_vq_dist.py)."""
+(single process; the multi-rank behaviour is in test_vq_dist.py, the EMA
+update formula in test_vq_ema_update.py)."""
 import copy
 import math
 
@@ -44,35 +45,6 @@ def usage(quantizer, centres):
             clustered(centres, 512, torch.Generator().manual_seed(99)))
     quantizer.train()
     return out.stats['usage'].item()
-
-
-def test_ema_update_equals_hand_computed_formula():
-    decay, eps = 0.5, 1e-5
-    quantizer = VectorQuantizer(2, 2, ema_decay=decay, ema_eps=eps)
-    quantizer.set_codes(torch.tensor([[0., 0.], [10., 10.]]))
-    assert list(quantizer.parameters()) == []  # EMA: no gradient parameter
-    z = torch.tensor([[1., 0.], [0., 1.], [9., 10.]]).t()[None]  # (1, 2, 3)
-    out = quantizer.train()(z)
-    assert out.indices.tolist() == [[0, 0, 1]]
-    assert 'loss_codebook' not in out.loss
-    # N <- 0.5 * 1 + 0.5 * [2, 1];  m <- 0.5 * code + 0.5 * sum of vectors
-    torch.testing.assert_close(quantizer.ema_cluster_size,
-                               torch.tensor([1.5, 1.0]))
-    # e = m / N (Laplace smoothing changes it by O(eps))
-    torch.testing.assert_close(
-        quantizer.codebook, torch.tensor([[1 / 3, 1 / 3], [9.5, 10.0]]),
-        atol=1e-4, rtol=0)
-    sizes = quantizer.ema_cluster_size
-    smoothed = (sizes + eps) / (sizes.sum() + 2 * eps) * sizes.sum()
-    torch.testing.assert_close(quantizer.codebook,
-                               quantizer.ema_embed_sum / smoothed[:, None])
-    # the update comes before the gather: quantized == decode(indices)
-    assert torch.equal(out.quantized, quantizer.decode(out.indices))
-    # eval mode: no update
-    before = {k: v.clone() for k, v in quantizer.state_dict().items()}
-    quantizer.eval()(z)
-    for key, value in quantizer.state_dict().items():
-        assert torch.equal(value, before[key]), key
 
 
 @pytest.mark.parametrize('options', [

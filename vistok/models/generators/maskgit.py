@@ -2,7 +2,7 @@
 "MaskGIT: Masked Generative Image Transformer"), with the U-ViT variant
 (Bao et al. 2023) TiTok-S-128 uses (Yu et al. 2024)."""
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -51,6 +51,12 @@ def gumbel_noise(shape: torch.Size, device: torch.device,
     ``eps``."""
     u = torch.rand(shape, device=device, generator=generator)
     return -torch.log((-torch.log(u.clamp_min(eps))).clamp_min(eps))
+
+
+#: ``noise_fn(shape, device, generator) -> noise`` of
+#: :meth:`MaskGITGenerator.generate` (default :func:`gumbel_noise`)
+NoiseFn = Callable[[torch.Size, torch.device, Optional[torch.Generator]],
+                   torch.Tensor]
 
 
 @MODELS.register_module()
@@ -386,14 +392,24 @@ class MaskGITGenerator(BaseGenerator):
                  generator: Optional[torch.Generator] = None,
                  steps: Optional[int] = None,
                  choice_temperature: Optional[float] = None,
-                 return_history: bool = False
+                 return_history: bool = False,
+                 noise_fn: Optional[NoiseFn] = None
                  ) -> Union[torch.Tensor, Tuple[torch.Tensor,
                                                 List[torch.Tensor]]]:
         """Decode ``(B, *token_shape)`` tokens for ``labels (B,)`` (see the
         class doc; with depths, per-depth ids in ``[0, depth_vocab_size)``);
         ``steps`` / ``choice_temperature`` default to the constructor's.
         With ``return_history`` also the list of the ``steps``
-        intermediate grids (``mask_id`` where still masked)."""
+        intermediate grids (``mask_id`` where still masked).
+
+        ``noise_fn(shape, device, generator)`` draws every Gumbel sample
+        (default :func:`gumbel_noise`; a test passes known tensors). Its
+        calls, per step ``t``: in ``'titok'`` mode first the token-sampling
+        noise, ``(B, N, V)`` (with depths ``V = depth_vocab_size``); then,
+        in both modes and on every step but the last, the confidence noise
+        ``(B, N)``. The sampler of ``'maskgit'`` mode draws its tokens from
+        ``generator`` itself."""
+        noise_fn = gumbel_noise if noise_fn is None else noise_fn
         sampler = self.sampler if sampler is None else sampler
         steps = self.steps if steps is None else steps
         if steps < 1:
@@ -415,7 +431,7 @@ class MaskGITGenerator(BaseGenerator):
             if self.sampling_mode == 'titok':
                 if self.softmax_temperature_annealing:
                     logits = logits / (0.5 + 0.8 * (1 - ratio))
-                drawn = (logits + temperature * gumbel_noise(
+                drawn = (logits + temperature * noise_fn(
                     logits.shape, logits.device, generator)).argmax(-1)
                 score = logits.gather(-1, drawn[..., None])[..., 0]
             else:
@@ -425,7 +441,7 @@ class MaskGITGenerator(BaseGenerator):
             sampled = torch.where(masked, drawn, ids)
             if t + 1 < steps:
                 confidence = score.masked_fill(~masked, float('inf'))
-                confidence = confidence + temperature * gumbel_noise(
+                confidence = confidence + temperature * noise_fn(
                     confidence.shape, confidence.device, generator)
                 n = math.floor(self.num_tokens *
                                mask_schedule(ratio, self.schedule))

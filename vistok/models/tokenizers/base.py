@@ -98,8 +98,14 @@ class BaseTokenizer(BaseModel):
     the detached reconstructions. Gradients are averaged over ranks by the
     step itself (``syncs_gradients``), non-finite losses are skipped and
     counted (:class:`~vistok.models.utils.NonFiniteGuard`), and the EMA copy
-    is updated after the steps. Every term is logged under its name (the
-    discriminator's total as ``disc_loss_total``).
+    is updated after the steps. Gradient accumulation is per wrapper
+    (``accumulative_counts`` in the generator's and the discriminator's
+    wrapper configs): ``k`` accumulated iterations of batch ``b`` update
+    both parts as one iteration of batch ``k·b``; a non-finite loss drops
+    its optimizer's whole window, the other optimizer's window is dropped
+    only if its own loss is non-finite too
+    (:func:`~vistok.models.utils.update_params`). Every term is logged
+    under its name (the discriminator's total as ``disc_loss_total``).
 
     Args (keyword only; every other keyword goes to :meth:`build_network`):
         reconstruction_loss: a LOSSES config or a list of them (pixel
