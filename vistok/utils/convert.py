@@ -5,7 +5,9 @@ A converter is a list of rules, each ``(pattern, replacement)`` or
 that ``re.fullmatch``-es ``pattern`` becomes ``match.expand(replacement)``
 (a tuple of replacements copies the tensor to several keys, e.g. the model
 and its EMA copy), and ``transform`` (a reshape, a transpose, ...) is applied
-to the tensor. The first matching rule wins.
+to the tensor; a transform returning a tuple of ``n`` tensors splits it
+(e.g. a fused q/k/v projection): target ``i`` gets tensor ``i mod n``. The
+first matching rule wins.
 
 :func:`convert_state_dict` refuses silent partial loads: it raises
 :class:`ConversionError` with a :class:`ConversionReport` unless
@@ -53,14 +55,21 @@ from vistok.utils.checkpoint import (
 )
 
 Shape = Tuple[int, ...]
-Transform = Callable[[torch.Tensor], torch.Tensor]
+#: a tensor -> the converted tensor, or a tuple of tensors (a split)
+Transform = Callable[[torch.Tensor], Union[torch.Tensor, Tuple[torch.Tensor,
+                                                               ...]]]
 
 
 @dataclass(frozen=True)
 class Rule:
     """Official keys matching ``pattern`` (``re.fullmatch``) become
     ``match.expand(t)`` for every ``t`` in ``targets``, with ``transform``
-    applied to the tensor. A single target may be given as a string."""
+    applied to the tensor. A single target may be given as a string.
+
+    A ``transform`` returning a tuple of ``n`` tensors (each with its own
+    storage) splits the official tensor: target ``i`` gets tensor
+    ``i mod n``, so the number of targets must be a multiple of ``n`` and
+    :func:`with_copies` repeats the split for the copies."""
     pattern: str
     targets: Union[str, Tuple[str, ...]]
     transform: Optional[Transform] = None
@@ -275,8 +284,16 @@ def convert_state_dict(
              report.unmapped).append(key)
             continue
         value = rule.transform(tensor) if rule.transform else tensor
+        values = tuple(value) if isinstance(value, (tuple, list)) else (
+            value, )
+        if not values or len(targets) % len(values):
+            raise ValueError(
+                f'{source}: the rule for {rule.pattern!r} splits {key!r} '
+                f'into {len(values)} tensors, which does not divide its '
+                f'{len(targets)} targets {list(targets)}')
         report.mapping[key] = targets
         for i, new_key in enumerate(targets):
+            value = values[i % len(values)]
             producers.setdefault(new_key, []).append(key)
             if new_key not in shapes:
                 report.unexpected.append((key, new_key))
@@ -284,7 +301,7 @@ def convert_state_dict(
             if tuple(value.shape) != shapes[new_key]:
                 report.shape_mismatches.append(
                     (key, new_key, tuple(value.shape), shapes[new_key]))
-            converted[new_key] = value.clone() if i else value
+            converted[new_key] = value.clone() if i >= len(values) else value
     report.duplicates = {k: v for k, v in producers.items() if len(v) > 1}
     for key in shapes:
         if key not in producers:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from timm.layers import DropPath as TimmDropPath
 
+from _helpers import torch_threads
 from vistok.models.backbones import (
     VARFFN,
     AdaLNBeforeHead,
@@ -67,7 +68,9 @@ def meta_count(**options):
 
 def test_parameter_counts_equal_the_official_architectures():
     # VAR-d16 / VAR-d17 with VAR's tokenizer (680 positions, 32 channels,
-    # 4096 codes): the issue's 310,283,520 and 371,191,905 are plain VAR
+    # 4096 codes): 310,283,520 and 371,191,905 are the counts of VAR's own
+    # code (tests/test_tools_var_converter.py builds the reference of
+    # models/var.py at every released depth and compares key by key)
     assert meta_count(depth=16)[0] == 310_283_520
     assert meta_count(depth=17)[0] == 371_191_905
     # ImageFolder's generator: VAR-d17 over two product-quantized branches
@@ -354,3 +357,52 @@ def test_drop_path_is_bit_identical_to_timms(drop_prob):
     ours = DropPath(drop_prob).train()(x)
     assert torch.equal(ours, expected)
     assert torch.equal(DropPath(drop_prob).eval()(x), x)
+
+
+class RecordingSampler(TokenSampler):
+    """A greedy sampler that records every guidance step: ``(progress,
+    cond, uncond, guided)``."""
+
+    def __init__(self, **options):
+        super().__init__(temperature=0, **options)
+        self.steps = []
+
+    def guide(self, cond, uncond, progress):
+        guided = super().guide(cond, uncond, progress)
+        self.steps.append((progress, cond, uncond, guided))
+        return guided
+
+
+@pytest.mark.parametrize('cfg', [0.5, 1.5, 4.0])
+def test_linear_guidance_is_vars_cfg_ramp_at_every_scale(cfg):
+    """VAR's ``autoregressive_infer_cfg`` (models/var.py): at scale ``si``
+    of ``n``, ``t = cfg · si / (n - 1)`` and ``logits = (1 + t)·ℓ_c −
+    t·ℓ_u``. vistok: the ``'linear'`` schedule with ``guidance_scale = 1 +
+    cfg``, applied at ``progress = si / (n - 1)``."""
+    model = tiny_var()
+    sampler = RecordingSampler(guidance_scale=1.0 + cfg,
+                               guidance_schedule='linear')
+    with torch_threads(1):  # tiny tensors
+        model.generate(torch.tensor([0, 1, 2]), sampler)
+    num_scales = len(SCALES)
+    assert [step[0] for step in sampler.steps] == [
+        si / (num_scales - 1) for si in range(num_scales)]
+    for si, (_, cond, uncond, guided) in enumerate(sampler.steps):
+        t = cfg * si / (num_scales - 1)
+        assert torch.allclose(guided, (1 + t) * cond - t * uncond,
+                              rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(cond, uncond)  # guidance does something
+
+
+def test_constant_guidance_is_the_same_scale_at_every_scale():
+    """``'constant'``: ``ℓ_u + s·(ℓ_c − ℓ_u)`` at every scale (VAR's
+    formula with a fixed ``t = s − 1``)."""
+    model = tiny_var()
+    sampler = RecordingSampler(guidance_scale=3.0,
+                               guidance_schedule='constant')
+    with torch_threads(1):  # tiny tensors
+        model.generate(torch.tensor([0, 3]), sampler)
+    assert len(sampler.steps) == len(SCALES)
+    for _, cond, uncond, guided in sampler.steps:
+        assert torch.allclose(guided, 3.0 * cond - 2.0 * uncond, rtol=1e-5,
+                              atol=1e-6)

@@ -14,4 +14,8 @@ configs.
   MSVR10P2) -> ImageFolderTokenizer (``projects/ImageFolder``)
 * :mod:`.vitvqgan`: ViT-VQGAN (thuanz123/enhancing-transformers ``ViTVQ``,
   the SeiT / SeiT++ tokenizer) -> AutoencoderTokenizer with ViT backbones
+* :mod:`.var_vqvae`: VAR's multi-scale VQVAE (``vae_ch160v4096z32.pth``)
+  -> AutoencoderTokenizer with ``MultiScaleResidualQuantizer``
+* :mod:`.var`: VAR's transformers (``var_d16.pth`` ... ``var_d30.pth``) ->
+  VARGenerator
 """

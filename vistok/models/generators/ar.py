@@ -33,9 +33,14 @@ class ARGenerator(BaseGenerator):
     position ``i`` predicts ``t_i`` (LlamaGen §2.2: the class embedding is
     the prefilling token). Llama blocks: RMSNorm, SwiGLU, RoPE (2-D over
     the grid as LlamaGen, or 1-D), no biases; causal attention with a KV
-    cache for :meth:`generate`. The training loss is the token
-    cross-entropy; labels are dropped to the null class with
-    ``class_dropout_prob`` for classifier-free guidance.
+    cache for :meth:`generate`. The class position's rotary entries are
+    LlamaGen's: ``(cos, sin) = (0, 0)`` (``precompute_freqs_cis_2d``
+    prepends ``cls_token_num`` rows of zeros), so the class token's query
+    and key are zero in every layer — every position attends to it with
+    logit 0 and it reaches them through its value only
+    (``prefix_rope='identity'`` leaves it unrotated instead). The training
+    loss is the token cross-entropy; labels are dropped to the null class
+    with ``class_dropout_prob`` for classifier-free guidance.
 
     ``arch`` presets (LlamaGen Table 1, with ``vocab_size=16384`` and
     ``num_classes=1000``: 111M / 343M / 775M / 1.4B parameters):
@@ -50,6 +55,9 @@ class ARGenerator(BaseGenerator):
         token_shape: the token grid, ``(h, w)`` (or ``(N,)`` with 1-D RoPE).
         rope: ``'2d'`` (over the grid) or ``'1d'`` (over raster positions).
         rope_base: RoPE base.
+        prefix_rope: rotary entries of the class position: ``'zero'``
+            (LlamaGen's released models: its query and key become zero) or
+            ``'identity'`` (unrotated).
         ffn_multiple_of, ffn_dim_multiplier: SwiGLU width, see
             :func:`~vistok.models.backbones.transformer.llama_ffn_dim`.
         norm_eps: RMSNorm epsilon.
@@ -74,6 +82,7 @@ class ARGenerator(BaseGenerator):
                  token_shape: Sequence[int] = (16, 16),
                  rope: str = '2d',
                  rope_base: float = 10000.0,
+                 prefix_rope: str = 'zero',
                  ffn_multiple_of: int = 256,
                  ffn_dim_multiplier: Optional[float] = None,
                  norm_eps: float = 1e-5,
@@ -100,7 +109,12 @@ class ARGenerator(BaseGenerator):
                                   num_prefix=1)
         else:
             raise ValueError(f"rope must be '2d' or '1d', got {rope!r}")
-        # (1 + N, D_h / 2, 2): class token unrotated, then the grid
+        if prefix_rope == 'zero':
+            table[0] = 0  # LlamaGen: (cos, sin) = (0, 0) at the class token
+        elif prefix_rope != 'identity':
+            raise ValueError(f"prefix_rope must be 'zero' or 'identity', "
+                             f'got {prefix_rope!r}')
+        # (1 + N, D_h / 2, 2): the class token's row, then the grid
         self.register_buffer('rope', table, persistent=False)
 
         self.class_embed = ClassEmbedding(num_classes, dim,
