@@ -5,7 +5,10 @@ tools/model_converters) on synthetic checkpoints with the official key
 names and shapes (enumerated below from taming's
 ``taming/modules/diffusionmodules/model.py``, ``taming/models/vqgan.py``,
 ``taming/modules/discriminator/model.py``, ``taming/modules/losses/lpips.py``
-and TiTok's ``modeling/modules/maskgit_vqgan.py``)."""
+and TiTok's ``modeling/modules/maskgit_vqgan.py``), and converted random
+checkpoints against the independent references of the official forward
+passes in ``tests/reference/taming_official.py`` and
+``tests/reference/maskgit_vqgan_official.py``."""
 import argparse
 import os.path as osp
 
@@ -13,6 +16,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
+from reference import maskgit_vqgan_official, taming_official
 from safetensors.torch import load_file
 
 from _helpers import REPO_ROOT, load_tool
@@ -47,6 +51,38 @@ model = dict(
     discriminator=dict(base_channels=8),
     adversarial_loss=dict(lecam_weight=0.01),
     ema=dict(decay=0.9))
+"""
+
+#: the released f16 layout (5 resolution levels, 2 ResnetBlocks each,
+#: attention at the lowest resolution, as taming's 16 of 256) at tiny
+#: widths: 64 px images -> 4 x 4 latents, ch 32 (GroupNorm's 32 groups),
+#: z_channels 8, a 64 x 4 codebook behind quant_conv 8 -> 4
+REF_TAMING = dict(ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                  attn_resolutions=(4, ), resolution=64, z_channels=8)
+REF_TAMING_CODES, REF_TAMING_DIM = 64, 4
+REF_TAMING_CONFIG = f"""
+_base_ = [{TAMING_F16!r}]
+conv = {REF_TAMING!r}
+model = dict(
+    encoder=dict(**conv),
+    quantizer=dict(codebook_size={REF_TAMING_CODES},
+                   embed_dim={REF_TAMING_DIM}),
+    decoder=dict(**conv),
+    perceptual_loss=None,
+    discriminator=dict(base_channels=8))
+"""
+#: the release's MaskGIT-VQGAN layout (5 levels, 2 ResnetBlocks) at tiny
+#: widths: 64 px -> 4 x 4 latents, ch 32, z_channels 8, 64 codes
+REF_MASKGIT = dict(ch=32, resolution=64, z_channels=8)
+REF_MASKGIT_CODES = 64
+REF_MASKGIT_CONFIG = f"""
+_base_ = [{MASKGIT_BASE!r}]
+conv = {REF_MASKGIT!r}
+model = dict(
+    encoder=dict(**conv),
+    quantizer=dict(codebook_size={REF_MASKGIT_CODES},
+                   embed_dim={REF_MASKGIT['z_channels']}),
+    decoder=dict(**conv))
 """
 
 
@@ -230,6 +266,38 @@ def assert_landed(official, model, report):
             assert torch.equal(state[target], official[key]), (key, target)
 
 
+def draw_weights(module, seed):
+    """Random official-layout weights of ``module``, at unit gain so every
+    level matters: weights N(0, 1/fan_in), GroupNorm scales 1 + N(0, 0.1²),
+    biases N(0, 0.1²)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in module.state_dict().items():
+        noise = torch.randn(value.shape, generator=generator)
+        if value.dim() > 1:
+            state[key] = noise / value[0].numel()**0.5
+        elif 'norm' in key and key.endswith('.weight'):
+            state[key] = 1 + 0.1 * noise
+        else:
+            state[key] = 0.1 * noise
+    module.load_state_dict(state, strict=True)
+
+
+@torch.no_grad()
+def codebook_from_latents(embedding, bias, latents):
+    """Centre ``latents`` ``(B, C, h, w)`` through the ``bias`` that made
+    them and make their vectors the codebook rows: the look-up then spreads
+    over the codebook and no two codes nearly tie."""
+    mean = latents.mean((0, 2, 3))
+    bias -= mean
+    vectors = (latents - mean[:, None, None]).permute(0, 2, 3, 1)
+    embedding.weight.copy_(vectors.reshape(embedding.weight.shape))
+
+
+def relative_error(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
 # --- framework --------------------------------------------------------------
 @pytest.mark.parametrize('name', ['taming_vqgan', 'maskgit_vqgan', 'titok'])
 def test_scripts_load_and_default_to_core_configs(name):
@@ -406,6 +474,77 @@ def test_incomplete_checkpoint_is_refused_with_the_missing_keys(
                           ignore_unmapped=taming_vqgan.IGNORE_UNMAPPED)
 
 
+def test_taming_conversion_computes_the_official_forward(tmp_path):
+    """A Lightning checkpoint of the official ``VQModel`` (reference
+    generator with random weights + discriminator and LPIPS-head keys),
+    converted by the script and loaded strictly, computes the official
+    latents, indices, quantized latents (and their straight-through
+    gradient), VQ loss and reconstructions, with taming's asymmetric
+    Downsample padding and its attention (encoder and decoder level 4 at
+    4 x 4, and both middle blocks) running."""
+    ddconfig = dict(REF_TAMING, in_channels=3, out_ch=3, double_z=False,
+                    dropout=0.0)
+    ref = taming_official.VQModel(ddconfig, REF_TAMING_CODES,
+                                  REF_TAMING_DIM).eval()
+    draw_weights(ref, seed=3)
+    generator = torch.Generator().manual_seed(4)
+    images = torch.rand(5, 3, 64, 64, generator=generator) * 2 - 1
+    with torch.no_grad():  # 4 calibration images -> the 64 codes
+        codebook_from_latents(ref.quantize.embedding, ref.quant_conv.bias,
+                              ref.quant_conv(ref.encoder(images[:4])))
+    assert len(ref.encoder.down[4].attn) == 2
+    assert len(ref.decoder.up[4].attn) == 3
+    # the checkpoint: the reference's keys are taming's layout
+    shapes = taming_shapes(**REF_TAMING, n_embed=REF_TAMING_CODES,
+                           embed_dim=REF_TAMING_DIM, disc_channels=8)
+    generator_state = ref.state_dict()
+    assert {k: tuple(v.shape) for k, v in generator_state.items()} == {
+        k: v for k, v in shapes.items() if not k.startswith('loss.')}
+    loss_keys = [k for k in shapes if k.startswith('loss.discriminator.') or
+                 k.startswith('loss.perceptual_loss.lin')]
+    official = dict(generator_state, **random_state(
+        {k: shapes[k] for k in loss_keys}, seed=5))
+    checkpoint = str(tmp_path / 'last.ckpt')
+    torch.save({'state_dict': official, 'epoch': 3, 'global_step': 7},
+               checkpoint)
+    config = str(tmp_path / 'ref_taming.py')
+    with open(config, 'w') as f:
+        f.write(REF_TAMING_CONFIG)
+    out = str(tmp_path / 'vistok.safetensors')
+    report = taming_tool.main([checkpoint, out, '--config', config])
+    assert sorted(report.ignored) == sorted(
+        k for k in loss_keys if k.startswith('loss.perceptual_loss.'))
+    model = load_tokenizer(config, out)  # strict
+
+    x = torch.cat([images[4:], images[:1].flip(-1)])
+    with torch.no_grad():
+        latent = ref.quant_conv(ref.encoder(x))  # VQModel.encode
+        quant, loss, (_, _, ids) = ref.quantize(latent)
+        reconstruction = ref.decode(quant)
+        out_ = model.reconstruct(x)
+        tokens = model.encode(x)
+        assert relative_error(out_.latent, latent) < 1e-5
+        assert tokens.shape == (2, 4, 4)
+        assert torch.equal(tokens.flatten(), ids)
+        assert ids.unique().numel() >= 12
+        assert relative_error(out_.quantizer.quantized, quant) < 1e-5
+        # β = 0.25 on one term: the value of taming's "legacy" loss
+        assert sum(out_.quantizer.loss.values()).item() == pytest.approx(
+            loss.item(), rel=1e-5)
+        assert relative_error(out_.reconstruction, reconstruction) < 1e-5
+        assert relative_error(model.decode(tokens), ref.decode_code(
+            ids, (2, 4, 4, REF_TAMING_DIM))) < 1e-5
+    # the straight-through estimator: the gradient passes unchanged
+    weights = torch.randn(quant.shape, generator=generator)
+    grads = []
+    for quantizer in (lambda z: ref.quantize(z)[0],
+                      lambda z: model.quantizer(z).quantized):
+        z = latent.clone().requires_grad_()
+        (quantizer(z) * weights).sum().backward()
+        grads.append(z.grad)
+    assert torch.equal(grads[0], weights) and torch.equal(grads[1], weights)
+
+
 # --- MaskGIT-VQGAN ----------------------------------------------------------
 def test_maskgit_release_converts_one_to_one():
     shapes = maskgit_shapes()
@@ -433,3 +572,62 @@ def test_maskgit_release_converts_one_to_one():
     assert {k.split('.')[0] for k in report.allowed_missing} == {
         'discriminator', 'adversarial_loss', 'ema'}
     assert 'ema.num_updates' in report.allowed_missing
+
+
+def test_maskgit_conversion_computes_the_official_forward(tmp_path):
+    """The release's layout (a plain state dict of TiTok's
+    ``PretrainedTokenizer``, reference with random weights), converted by
+    the script and loaded strictly, computes the official latents, indices,
+    quantized latents, VQ loss and images: vistok's [-1, 1] images map onto
+    the release's [0, 1] and back."""
+    ref_config = maskgit_vqgan_official.make_config(
+        hidden_channels=REF_MASKGIT['ch'],
+        resolution=REF_MASKGIT['resolution'],
+        z_channels=REF_MASKGIT['z_channels'])
+    ref = maskgit_vqgan_official.PretrainedTokenizer(
+        ref_config, num_embeddings=REF_MASKGIT_CODES).eval()
+    draw_weights(ref, seed=6)
+    generator = torch.Generator().manual_seed(7)
+    pixels = torch.rand(5, 3, 64, 64, generator=generator)
+    with torch.no_grad():  # 4 calibration images -> the 64 codes
+        codebook_from_latents(ref.quantize.embedding,
+                              ref.encoder.conv_out.bias,
+                              ref.encoder(pixels[:4]))
+    official = ref.state_dict()
+    assert {k: tuple(v.shape) for k, v in official.items()} == \
+        maskgit_shapes(ch=32, z_channels=8, n_embed=REF_MASKGIT_CODES)
+    checkpoint = str(tmp_path / 'maskgit-vqgan-tiny.bin')
+    torch.save(dict(official), checkpoint)
+    config = str(tmp_path / 'ref_maskgit.py')
+    with open(config, 'w') as f:
+        f.write(REF_MASKGIT_CONFIG)
+    out = str(tmp_path / 'vistok.safetensors')
+    report = converter('maskgit_vqgan').main([checkpoint, out, '--config',
+                                              config])
+    assert set(report.mapping) == set(official)
+    model = load_tokenizer(config, out)  # strict
+
+    x = torch.cat([pixels[4:], pixels[:1].flip(-1)])
+    with torch.no_grad():
+        latent = ref.encoder(x)
+        quant, ids, loss = ref.quantize(latent, return_loss=True)
+        reconstruction = ref.decoder(quant)
+        official_images = ref.decode(ids)
+        out_ = model.reconstruct(2 * x - 1)
+        tokens = model.encode(2 * x - 1)
+        assert relative_error(out_.latent, latent) < 1e-5
+        assert tokens.shape == (2, 4, 4)
+        assert torch.equal(tokens.flatten(1), ids)
+        assert ids.unique().numel() >= 12
+        assert relative_error(out_.quantizer.quantized, quant) < 1e-5
+        assert sum(out_.quantizer.loss.values()).item() == pytest.approx(
+            loss.item(), rel=1e-5)
+        assert relative_error((out_.reconstruction + 1) / 2,
+                              reconstruction) < 1e-5
+        # the release's decode clamps to [0, 1]; vistok's does not (errors
+        # relative to the unclamped images)
+        decoded = (model.decode(tokens) + 1) / 2
+        assert relative_error(decoded, reconstruction) < 1e-5
+        assert (decoded < 0).any() and (decoded > 1).any()
+        assert (decoded.clamp(0, 1) - official_images).abs().max() < (
+            1e-5 * reconstruction.abs().max())
