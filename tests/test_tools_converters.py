@@ -10,6 +10,7 @@ checkpoints against the independent references of the official forward
 passes in ``tests/reference/taming_official.py`` and
 ``tests/reference/maskgit_vqgan_official.py``."""
 import argparse
+import os
 import os.path as osp
 
 import pytest
@@ -296,6 +297,42 @@ def codebook_from_latents(embedding, bias, latents):
 
 def relative_error(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
+
+
+# --- every converter is checked against the official forward ---------------
+#: converter script -> the test that runs random official-layout weights
+#: through it and compares with a re-written official forward
+#: (tests/reference/). A new converter must add its entry (issue 17).
+FORWARD_EQUIVALENCE_TESTS = {
+    'taming_vqgan': ('test_tools_converters.py',
+                     'test_taming_conversion_computes_the_official_forward'),
+    'maskgit_vqgan': ('test_tools_converters.py',
+                      'test_maskgit_conversion_computes_the_official_forward'),
+    'titok': ('test_tools_titok_converter.py',
+              'test_stage2_release_matches_the_official_forward'),
+    'imagefolder': ('test_tools_imagefolder_converter.py',
+                    'test_converted_release_matches_the_official_forward'),
+    'vitvqgan': ('test_tools_vitvqgan_converter.py',
+                 'test_converted_checkpoint_matches_the_official_forward'),
+    'var_vqvae': ('test_tools_var_vqvae_converter.py',
+                  'test_converted_checkpoint_matches_the_official_forward'),
+    'var': ('test_tools_var_converter.py',
+            'test_teacher_forcing_logits_match_the_official_forward'),
+}
+#: scripts that convert vistok's own checkpoints, not an official layout
+NOT_OFFICIAL_LAYOUTS = {'export_safetensors'}
+
+
+def test_every_converter_has_a_forward_equivalence_test():
+    scripts = {osp.splitext(name)[0] for name in os.listdir(
+        osp.join(REPO_ROOT, 'tools', 'model_converters'))
+        if name.endswith('.py')} - NOT_OFFICIAL_LAYOUTS
+    assert scripts == set(FORWARD_EQUIVALENCE_TESTS)
+    for name, (test_file, test_name) in FORWARD_EQUIVALENCE_TESTS.items():
+        with open(osp.join(REPO_ROOT, 'tests', test_file)) as f:
+            source = f.read()
+        assert f'def {test_name}(' in source, (name, test_file, test_name)
+        assert 'from reference' in source, (name, test_file)
 
 
 # --- framework --------------------------------------------------------------
