@@ -22,7 +22,11 @@ from vistok.models.utils.tokenizer_loading import (
     prepare_tokenizer,
     tokenizer_inference,
 )
-from vistok.utils.checkpoint import CheckpointLoadError, load_checkpoint_file
+from vistok.utils.checkpoint import (
+    CheckpointLoadError,
+    load_checkpoint_file,
+    load_safetensors_file,
+)
 
 Indices = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -45,8 +49,7 @@ def load_weights(checkpoint: str) -> dict:
     if not osp.isfile(checkpoint):
         raise CheckpointLoadError(f'checkpoint {checkpoint} does not exist')
     if checkpoint.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(checkpoint)
+        return load_safetensors_file(checkpoint)
     loaded = load_checkpoint_file(checkpoint, map_location='cpu')
     state = loaded.get('state_dict', loaded) if isinstance(loaded,
                                                            dict) else None

@@ -54,7 +54,12 @@ image, naming the file; a CRC-16 detects every error burst of up to 16 bits
 2^-16, so :meth:`CompactTokenFile.verify` also compares the whole file with
 ``tokens_sha256``. A truncated file is reported with the first image it
 cuts. Other images' bytes are never read: image i decodes even if every
-other image's data is damaged.
+other image's data is damaged. The header is checked against what
+:func:`write_compact` writes (:func:`header_problem`: field types, levels,
+table shapes, section dtypes, shapes and offsets), so a damaged header
+number is reported rather than read as a layout. Not covered by any
+checksum: the ``labels`` and ``sample_idx`` sections and the free-form
+header fields (``metadata``, level names, ``coder_version``).
 """
 import binascii
 import hashlib
@@ -82,6 +87,12 @@ NEW = len(NEIGHBOURS)
 NUM_CONTEXTS = 16
 #: the count tables of each model (names; shapes depend on K)
 MODEL_TABLES = dict(order0=('codes', ), context=('match', 'codes'))
+#: the sections in the order :func:`write_compact` lays them out, with the
+#: dtypes it writes (``lengths``: the smallest that holds the largest)
+SECTION_DTYPES = dict(model=('|u1', ), lengths=('|u1', '<u2', '<u4', '<u8'),
+                      checksums=('<u2', ), labels=('<i8', ),
+                      sample_idx=('<i8', ), data=('<u4', ))
+STRUCTURES = ('tensor', 'list', 'tuple')
 _ALIGN = 8
 _HEADER_LEN = np.dtype('<u8')
 
@@ -423,6 +434,11 @@ def read_compact_header(filename: str) -> Tuple[dict, int]:
                 f'magic); write one with vistok.datasets.write_compact or '
                 f'tools/convert_tokens.py')
         size = int(np.frombuffer(head[len(MAGIC):], dtype=_HEADER_LEN)[0])
+        if size > osp.getsize(filename) - prefix:
+            raise CompactFormatError(
+                f'{filename} is truncated inside its header (or its header '
+                f'length {size} is damaged): the file holds '
+                f'{osp.getsize(filename)} bytes')
         text = f.read(size)
     if len(text) != size:
         raise CompactFormatError(f'{filename} is truncated inside its '
@@ -432,13 +448,104 @@ def read_compact_header(filename: str) -> Tuple[dict, int]:
     except ValueError as err:
         raise CompactFormatError(f'{filename}: damaged header '
                                  f'({err})') from None
-    if header.get('format') != FORMAT:
+    if not isinstance(header, dict) or header.get('format') != FORMAT:
         raise CompactFormatError(f'{filename} is not a {FORMAT!r} file')
     if header.get('format_version') != FORMAT_VERSION:
         raise CompactFormatError(
             f'{filename} has format_version {header.get("format_version")!r}'
             f'; this vistok reads version {FORMAT_VERSION}')
+    problem = header_problem(header)
+    if problem:
+        raise CompactFormatError(f'{filename}: damaged header ({problem})')
     return header, prefix + size
+
+
+def _is_int(value, minimum: int = 0) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and value >= minimum)
+
+
+def _layout(names_and_sizes) -> dict:
+    """Section offsets as :func:`write_compact` lays them out: in order,
+    each at the next multiple of 8 after the previous one."""
+    offsets, offset = {}, 0
+    for name, nbytes in names_and_sizes:
+        offsets[name] = offset
+        offset = _align(offset + nbytes)
+    return offsets
+
+
+def header_problem(header: dict) -> Optional[str]:
+    """What makes ``header`` (format and version already checked) differ
+    from every header :func:`write_compact` writes, or None: the field
+    types, levels and token count, the model's table shapes, and the
+    sections' dtypes, shapes and offsets (their layout is fixed, so a
+    damaged number in them is found here rather than read as data)."""
+    fields = dict(codebook_size=int, num_images=int, tokens_per_image=int,
+                  coder_probe=int, tokens_sha256=str, levels=list,
+                  sections=dict, model_tables=list, metadata=dict)
+    for name, kind in fields.items():
+        if not isinstance(header.get(name), kind) or isinstance(
+                header.get(name), bool):
+            return f'{name}={header.get(name)!r} is not a {kind.__name__}'
+    if header['codebook_size'] < 1 or header['num_images'] < 0:
+        return (f'codebook_size={header["codebook_size"]} and num_images='
+                f'{header["num_images"]} must be >= 1 and >= 0')
+    levels = header['levels']
+    if not levels or not all(
+            isinstance(lv, dict) and isinstance(lv.get('name'), str)
+            and isinstance(lv.get('shape'), list)
+            and all(_is_int(s) for s in lv['shape']) for lv in levels):
+        return f'levels={levels!r} are not [{{name, shape}}]'
+    structures = ('list', 'tuple') if len(levels) > 1 else STRUCTURES
+    if header.get('structure') not in structures:
+        return (f'structure={header.get("structure")!r} does not fit '
+                f'{len(levels)} level(s)')
+    if header['tokens_per_image'] != level_slices(levels)[-1][1]:
+        return (f'tokens_per_image={header["tokens_per_image"]} but the '
+                f'levels hold {level_slices(levels)[-1][1]}')
+    model = header.get('model')
+    if model not in MODELS:
+        return f'unknown model {model!r}'
+    tables = dict(match=[NUM_CONTEXTS, NEW + 1],
+                  codes=[header['codebook_size']])
+    expected = [[name, tables[name]] for name in MODEL_TABLES[model]]
+    if header['model_tables'] != expected:
+        return (f'model_tables={header["model_tables"]!r}, expected '
+                f'{expected} for model {model!r} and codebook_size '
+                f'{header["codebook_size"]}')
+    return _sections_problem(header['sections'], header['num_images'])
+
+
+def _sections_problem(sections: dict, num_images: int) -> Optional[str]:
+    """What makes ``sections`` differ from :func:`write_compact`'s layout
+    for ``num_images`` images, or None."""
+    optional = [name for name in SECTION_DTYPES if name not in sections]
+    if set(optional) - {'labels', 'sample_idx'} or set(sections) - set(
+            SECTION_DTYPES):
+        return f'sections {sorted(sections)} are not the writer\'s'
+    sizes = []
+    for name, dtypes in SECTION_DTYPES.items():
+        spec = sections.get(name)
+        if spec is None:
+            continue
+        if not (isinstance(spec, dict) and spec.get('dtype') in dtypes
+                and isinstance(spec.get('shape'), list)
+                and len(spec['shape']) == 1 and _is_int(spec['shape'][0])
+                and _is_int(spec.get('offset'))):
+            return f'section {name!r} is {spec!r}'
+        if name not in ('model', 'data') and spec['shape'] != [num_images]:
+            return (f'section {name!r} has shape {spec["shape"]}, not '
+                    f'[num_images] = [{num_images}]')
+        sizes.append((name,
+                      spec['shape'][0] * np.dtype(spec['dtype']).itemsize))
+    offsets = _layout(sizes)
+    moved = {name: sections[name]['offset'] for name in offsets
+             if sections[name]['offset'] != offsets[name]}
+    if moved:
+        return (f'section offsets {moved} differ from the layout '
+                f'{offsets}')
+    return None
 
 
 class CompactTokenFile:
@@ -510,6 +617,11 @@ class CompactTokenFile:
         self.offsets = np.zeros(lengths.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=self.offsets[1:])
         data = self.header['sections']['data']
+        if int(self.offsets[-1]) != data['shape'][0]:
+            raise CompactFormatError(
+                f'{self.filename}: damaged header or lengths section: the '
+                f'images\' lengths sum to {int(self.offsets[-1])} words, '
+                f'the data section holds {data["shape"][0]}')
         self._data_start = self._payload + int(data['offset'])
         available = max(self._map.size - self._data_start, 0) // 4
         if available < self.offsets[-1]:

@@ -355,8 +355,16 @@ def read_seit_labels(label_file: str) -> np.ndarray:
     label_file = str(label_file)
     if not osp.isfile(label_file):
         raise SeiTFormatError(f'SeiT label file {label_file} does not exist')
-    with open(label_file) as f:
-        lines = f.read().splitlines()
+    with open(label_file, 'rb') as f:
+        raw = f.read()
+    try:
+        lines = raw.decode('utf-8').splitlines()
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b'\n') + 1
+        raise SeiTFormatError(
+            f'SeiT label file {label_file}: line {line} (image {line - 1}) '
+            f'is not text (byte {raw[err.start]:#04x} at offset '
+            f'{err.start})') from None
     labels = np.empty(len(lines), dtype=np.int64)
     for i, line in enumerate(lines):
         try:

@@ -131,6 +131,25 @@ def num_shards(manifest: dict) -> int:
     return math.ceil(manifest['num_samples'] / manifest['shard_size'])
 
 
+def _valid_levels(levels) -> bool:
+    """Whether ``levels`` is a non-empty list of ``{'name': str, 'shape':
+    [non-negative ints]}``."""
+    return isinstance(levels, list) and bool(levels) and all(
+        isinstance(level, dict) and isinstance(level.get('name'), str)
+        and isinstance(level.get('shape'), list) and all(
+            isinstance(s, int) and s >= 0 for s in level['shape'])
+        for level in levels)
+
+
+def _integer_dtype(name) -> Optional[np.dtype]:
+    """``np.dtype(name)`` if ``name`` names an integer dtype, else None."""
+    try:
+        dtype = np.dtype(name)
+    except (TypeError, ValueError, SyntaxError):
+        return None
+    return dtype if dtype.kind in 'iu' else None
+
+
 def load_manifest(data_root: str) -> dict:
     """Read and validate ``data_root/manifest.json``; errors name the
     file."""
@@ -166,10 +185,17 @@ def load_manifest(data_root: str) -> dict:
             raise ValueError(f'{path}: shard entry {k} is {shard}, expected '
                              f'{expected} and a sha256')
     if manifest['shards'] and (manifest['structure'] not in STRUCTURES
-                               or not manifest['levels']):
+                               or not _valid_levels(manifest['levels'])):
         raise ValueError(f'{path} lists shards but no valid structure / '
                          f'levels: {manifest["structure"]!r}, '
                          f'{manifest["levels"]!r}')
+    codebook_size = manifest['codebook_size']
+    if not (isinstance(codebook_size, int)
+            and not isinstance(codebook_size, bool) and codebook_size >= 1
+            and _integer_dtype(manifest['dtype']) is not None):
+        raise ValueError(f'{path}: codebook_size={codebook_size!r} must be a '
+                         f'positive int and dtype={manifest["dtype"]!r} an '
+                         f'integer numpy dtype')
     sequence = manifest.get('sequence')
     if manifest['shards'] and manifest.get('token_order') is not None and (
             not isinstance(sequence, dict)
@@ -503,7 +529,6 @@ class TokenShardDataset(Dataset):
             raise ValueError(f'{path} does not match its sha256 in '
                              f'{MANIFEST_NAME}: the shard is damaged or was '
                              f'replaced; re-export it')
-        names = [level['name'] for level in self.manifest['levels']]
         members = {}
         try:
             with tarfile.open(fileobj=io.BytesIO(data), mode='r') as tar:
@@ -515,15 +540,59 @@ class TokenShardDataset(Dataset):
         samples = []
         for position in range(shard['start'], shard['stop']):
             key = KEY_FORMAT.format(position)
-            try:
-                levels = [np.load(io.BytesIO(members[f'{key}.{name}.npy']),
-                                  allow_pickle=False) for name in names]
-            except KeyError as err:
-                raise ValueError(f'{path} lacks the member {err}') from None
-            sample = dict(levels=levels)
+            sample = dict(levels=[
+                self._read_level(path, members, f'{key}.{level["name"]}.npy',
+                                 level['shape'], position)
+                for level in self.manifest['levels']])
             for ext, field in ((SAMPLE_IDX_EXT, 'sample_idx'),
                                (LABEL_EXT, 'gt_label')):
                 if f'{key}.{ext}' in members:
-                    sample[field] = int(members[f'{key}.{ext}'])
+                    sample[field] = self._read_int(
+                        path, members[f'{key}.{ext}'], f'{key}.{ext}')
             samples.append(sample)
         return samples
+
+    def _damaged(self, path: str, what: str) -> ValueError:
+        return ValueError(f'{path}: {what}; the shard is damaged: re-export '
+                          f'it (TokenShardDataset(verify=True) checks each '
+                          f'shard against its sha256 in {MANIFEST_NAME})')
+
+    def _read_level(self, path: str, members: dict, name: str, shape,
+                    position: int) -> np.ndarray:
+        """Member ``name`` of sample ``position``, checked against the
+        manifest: its ``dtype``, the level's ``shape`` and the id range
+        the writer checked (``[dtype min, codebook_size)``)."""
+        if name not in members:
+            raise ValueError(f"{path} lacks the member '{name}'")
+        try:
+            array = np.load(io.BytesIO(members[name]), allow_pickle=False)
+        except Exception as err:  # a damaged .npy surfaces as many types
+            raise self._damaged(
+                path, f'sample {position} ({name}) is not a readable .npy '
+                f'array ({type(err).__name__}: {err})') from None
+        dtype = np.dtype(self.manifest['dtype'])
+        if ((array.dtype.kind, array.dtype.itemsize) !=
+                (dtype.kind, dtype.itemsize)
+                or list(array.shape) != list(shape)):
+            raise self._damaged(
+                path, f'sample {position} ({name}) holds {array.dtype} ids '
+                f'of shape {list(array.shape)}, the manifest says {dtype} of '
+                f'shape {list(shape)}')
+        low = np.iinfo(dtype).min
+        high = self.manifest['codebook_size'] - 1
+        if array.size and (array.min() < low or array.max() > high):
+            raise self._damaged(
+                path, f'sample {position} ({name}) has ids in '
+                f'[{array.min()}, {array.max()}], outside [{low}, {high}] '
+                f'of dtype {dtype} and codebook_size '
+                f'{self.manifest["codebook_size"]}')
+        return array
+
+    def _read_int(self, path: str, data: bytes, name: str) -> int:
+        """The decimal integer of member ``name``."""
+        try:
+            return int(data)
+        except ValueError:
+            raise self._damaged(
+                path, f'member {name} is not a decimal integer: '
+                f'{data[:20]!r}') from None

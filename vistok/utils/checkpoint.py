@@ -11,8 +11,21 @@
 * **Atomic writes.** :func:`save_checkpoint_atomic` writes a temporary file in
   the target directory, fsyncs it and renames it over the target, so a crash
   while saving leaves the previous file intact.
+* **Damage is detected, not loaded.** A torch file in the zip format
+  (``torch.save``'s default since PyTorch 1.6, and every file vistok writes)
+  stores a CRC-32 of each record (the pickle, each tensor's bytes), which
+  ``torch.load`` does not check: :func:`load_checkpoint_file` checks them
+  first (:func:`verify_zip_records`), so a damaged byte anywhere in such a
+  file raises instead of loading altered keys or tensor values (CRC-32
+  catches every error burst of up to 32 bits, any other damage with
+  probability 1 - 2^-32). Files without checksums load as they are: legacy
+  (pre-zip) torch files and files saved with
+  ``torch.serialization.set_crc32_options(False)``; safetensors files
+  (:func:`load_safetensors_file`) have no checksum either, so a damaged
+  header raises but damaged tensor bytes cannot be told from real ones.
 
-Every failure raises :class:`CheckpointLoadError` naming the file.
+Every failure raises :class:`CheckpointLoadError` naming the file; loading
+never writes anything.
 """
 import logging
 import os
@@ -20,6 +33,7 @@ import os.path as osp
 import pickle
 import re
 import tempfile
+import zipfile
 from collections import OrderedDict
 from typing import BinaryIO, Callable
 
@@ -28,6 +42,12 @@ import torch
 from mmengine.logging import HistoryBuffer, print_log
 
 TAG = '__vistok_type__'
+#: first bytes of a zip archive (a torch file in the zip format)
+ZIP_MAGIC = b'PK\x03\x04'
+#: bytes read at a time when checking a record's CRC-32
+_CRC_CHUNK = 1 << 24
+#: MS-DOS directory bit of a zip record's external attributes
+_DOS_DIRECTORY = 0x10
 TRUST_ENV = 'VISTOK_TRUST_CHECKPOINTS'
 _trust_pickle = False
 
@@ -115,16 +135,53 @@ def _first_line(err) -> str:
     return lines[0] if lines else repr(err)
 
 
+def verify_zip_records(filename: str) -> None:
+    """Check the CRC-32 of every record of a zip-format torch file (see the
+    module docstring); other files are left to ``torch.load``.
+
+    Raises:
+        CheckpointLoadError: the archive is damaged or truncated, or a
+            record's bytes do not match their CRC-32 (naming the file and
+            the record).
+    """
+    with open(filename, 'rb') as f:
+        if f.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+            return  # a legacy torch file (or garbage: torch.load says so)
+    record = None
+    try:
+        with zipfile.ZipFile(filename) as archive:
+            records = archive.infolist()
+            if not any(info.CRC for info in records):
+                return  # saved with torch.serialization.set_crc32_options
+            for record in records:
+                if record.is_dir() or record.external_attr & _DOS_DIRECTORY:
+                    # torch's reader (miniz) returns no bytes for a
+                    # "directory" and keeps the tensor's memory as it was
+                    raise zipfile.BadZipFile('a tensor record is marked as '
+                                             'a directory')
+                with archive.open(record) as stream:  # checks the CRC-32
+                    while stream.read(_CRC_CHUNK):
+                        pass
+    except Exception as err:  # damaged archives surface as many error types
+        where = f' (record {record.filename!r})' if record else ''
+        raise CheckpointLoadError(
+            f'checkpoint {filename} is truncated or corrupt{where}: '
+            f'{type(err).__name__}: {_first_line(err)}') from None
+
+
 def load_checkpoint_file(filename, map_location=None):
     """Load a checkpoint safely and rebuild its tagged objects.
 
     Raises:
-        CheckpointLoadError: missing, truncated / corrupt, or (unless
-            pickles are trusted) containing arbitrary pickled objects.
+        CheckpointLoadError: missing, truncated / corrupt (for zip-format
+            files: any record whose CRC-32 does not match, see
+            :func:`verify_zip_records`), or (unless pickles are trusted)
+            containing arbitrary pickled objects.
     """
     filename = osp.expanduser(str(filename))
     if not osp.isfile(filename):
         raise CheckpointLoadError(f'checkpoint {filename} does not exist')
+    verify_zip_records(filename)
     if pickle_trusted():
         print_log(f'Loading {filename} as a trusted full pickle.',
                   logger='current', level=logging.WARNING)
@@ -153,6 +210,24 @@ def load_checkpoint_file(filename, map_location=None):
             f'read ({type(err).__name__}: {_first_line(err)})'
         ) from None
     return from_safe(checkpoint)
+
+
+def load_safetensors_file(filename) -> dict:
+    """The tensors of a ``.safetensors`` file (CPU), or
+    :class:`CheckpointLoadError` naming the file when it is missing,
+    truncated or its header is damaged (the format has no checksum of the
+    tensor bytes: see the module docstring)."""
+    from safetensors.torch import load_file
+    filename = osp.expanduser(str(filename))
+    if not osp.isfile(filename):
+        raise CheckpointLoadError(f'checkpoint {filename} does not exist')
+    try:
+        return load_file(filename)
+    except Exception as err:  # SafetensorError, OSError, ...
+        raise CheckpointLoadError(
+            f'checkpoint {filename} is not a readable safetensors file '
+            f'(truncated or corrupt: {type(err).__name__}: '
+            f'{_first_line(err)})') from None
 
 
 def _temporary_file(filename: str, suffix: str = ''):

@@ -49,6 +49,7 @@ import torch.nn as nn
 from vistok.utils.checkpoint import (
     CheckpointLoadError,
     load_checkpoint_file,
+    load_safetensors_file,
     pickle_trusted,
     save_checkpoint_atomic,
     trust_pickled_checkpoints,
@@ -342,10 +343,7 @@ def load_official_state_dict(path: str,
     allows a full pickle for this load only (Lightning checkpoints hold
     non-tensor objects; a full pickle can run code from the file)."""
     if path.endswith('.safetensors'):
-        if not osp.isfile(path):
-            raise CheckpointLoadError(f'checkpoint {path} does not exist')
-        from safetensors.torch import load_file
-        return load_file(path)
+        return load_safetensors_file(path)
     loaded = load_torch_checkpoint(path, trust)
     if isinstance(loaded, nn.Module):
         loaded = loaded.state_dict()

@@ -9,7 +9,10 @@ from typing import Dict, Optional
 
 import torch
 
-from vistok.utils.checkpoint import load_checkpoint_file
+from vistok.utils.checkpoint import (
+    load_checkpoint_file,
+    load_safetensors_file,
+)
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -48,11 +51,11 @@ def load_state_dict_file(path: Optional[str], key: str,
     """Load a state dict from a local ``.pth`` / ``.pt`` / ``.bin`` (safe
     ``torch.load``, tensors mapped to the CPU) or ``.safetensors`` file;
     ``{'state_dict': ...}`` and ``{'model': ...}`` wrappers are
-    unwrapped."""
+    unwrapped. A damaged file raises
+    :class:`~vistok.utils.checkpoint.CheckpointLoadError` naming it."""
     path = require_file(path, key, how_to_get)
     if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(path)
+        return load_safetensors_file(path)
     state = load_checkpoint_file(path, map_location='cpu')
     for wrapper in ('state_dict', 'model'):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):

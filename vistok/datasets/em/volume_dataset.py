@@ -23,6 +23,7 @@ Volumes are ``(D, H, W)`` = ``(z, y, x)``. Supported layouts:
 import glob
 import os
 import os.path as osp
+from numbers import Integral
 from typing import List, Optional, Sequence, Tuple, Union
 
 import h5py
@@ -51,9 +52,17 @@ def resolve_region(shape: Sequence[int], valid_region) -> Region:
     as explicit bounds inside ``shape``."""
     if valid_region is None:
         valid_region = (None, None, None)
-    if len(valid_region) != 3:
+
+    def is_pair(pair) -> bool:
+        return pair is None or (
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
+                v is None or isinstance(v, Integral)
+                and not isinstance(v, bool) for v in pair))
+
+    if (not isinstance(valid_region, (list, tuple)) or len(valid_region) != 3
+            or not all(is_pair(pair) for pair in valid_region)):
         raise ValueError(f'valid_region must hold three (start, stop) pairs '
-                         f'(z, y, x), got {valid_region!r}')
+                         f'(z, y, x) of ints or None, got {valid_region!r}')
     bounds = []
     for axis, (size, pair) in enumerate(zip(shape, valid_region)):
         start, stop, _ = slice(*(pair or (None, None))).indices(size)
@@ -225,11 +234,17 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
 
     @staticmethod
     def _triple(value, name: str, minimum: int) -> Tuple[int, int, int]:
-        value = tuple(int(v) for v in value)
-        if len(value) != 3 or min(value) < minimum:
+        """``value`` as three ints ``>= minimum``, else a ``ValueError``
+        naming ``name`` (no silent rounding of ``3.5`` or parsing of
+        ``'16'``)."""
+        items = (None if isinstance(value, (str, bytes))
+                 or not hasattr(value, '__len__') else list(value))
+        if (items is None or len(items) != 3 or any(
+                not isinstance(v, Integral) or isinstance(v, bool)
+                or v < minimum for v in items)):
             raise ValueError(f'{name} must be three (z, y, x) ints >= '
-                             f'{minimum}, got {value}')
-        return value
+                             f'{minimum}, got {value!r}')
+        return tuple(int(v) for v in items)
 
     # --- volumes -------------------------------------------------------
     def _expand_specs(self) -> List[dict]:

@@ -4,8 +4,12 @@ A quantizer maps a channel-first latent ``z`` of shape ``(B, C, *spatial)``
 (any spatial rank: ``(B, C, H, W)`` images, ``(B, C, D, H, W)`` volumes,
 ``(B, C, N)`` token sequences) to discrete indices ``(B, *spatial)`` and back.
 """
+import contextlib
+import math
+import os
 from abc import ABCMeta, abstractmethod
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from numbers import Integral, Real
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -165,6 +169,125 @@ class BaseQuantizer(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Quantized latents ``(B, C, *spatial)`` of ``indices``."""
+
+
+# --- checks of user data: indices and config options ------------------------
+class InvalidIndicesError(ValueError):
+    """Indices given to ``decode`` that are not integer ids of the codebook
+    (never wrapped or clamped: a negative id would silently index from the
+    end of an embedding table). ``levels`` name where inside a multi-level
+    quantizer they are, outermost first (``('depth 1', 'branch 0')``)."""
+
+    def __init__(self, problem: str, levels: Sequence[str] = ()):
+        self.problem, self.levels = problem, tuple(levels)
+        where = f' of {" > ".join(self.levels)}' if self.levels else ''
+        super().__init__(f'indices{where} {problem}')
+
+    def within(self, level: str) -> 'InvalidIndicesError':
+        """The same error, located inside ``level`` of a container."""
+        return InvalidIndicesError(self.problem, (level, ) + self.levels)
+
+
+def check_indices(indices: torch.Tensor,
+                  codebook_size: Optional[int],
+                  lowest: int = 0) -> torch.Tensor:
+    """The one check of ``decode``'s input: ``indices`` as ``int64``,
+    or :class:`InvalidIndicesError` naming the valid range unless it is an
+    integer tensor (not bool) with every value in
+    ``[lowest, codebook_size)``. ``lowest`` below 0 admits markers (a
+    residual quantizer's dropped depths, -1); ``codebook_size=None`` checks
+    the lower bound only (a container whose levels check their own
+    codebooks). One host sync (the min and max)."""
+    if not torch.is_tensor(indices):
+        raise InvalidIndicesError(
+            f'must be an integer tensor, got {type(indices).__name__}')
+    if (indices.dtype == torch.bool or indices.is_floating_point()
+            or indices.is_complex()):
+        raise InvalidIndicesError(
+            f'must be an integer tensor of code ids, got dtype '
+            f'{indices.dtype}')
+    indices = indices.long()
+    if not indices.numel():
+        return indices
+    low, high = (int(v) for v in torch.aminmax(indices))
+    if low < lowest or (codebook_size is not None and high >= codebook_size):
+        valid = (f'be >= {lowest}' if codebook_size is None else
+                 f'lie in [{lowest}, {codebook_size})')
+        marker = f' ({lowest} marks a dropped id)' if lowest < 0 else ''
+        raise InvalidIndicesError(
+            f'must {valid}{marker}, got values in [{low}, {high}]')
+    return indices
+
+
+@contextlib.contextmanager
+def indices_level(level: str) -> Iterator[None]:
+    """Locate an :class:`InvalidIndicesError` raised inside the block (by a
+    sub-quantizer's ``decode``) at ``level`` of this container."""
+    try:
+        yield
+    except InvalidIndicesError as err:
+        raise err.within(level) from None
+
+
+def _kind_matches(value, kind: str) -> bool:
+    if kind == 'int':
+        return isinstance(value, Integral) and not isinstance(value, bool)
+    if kind == 'real':
+        return (isinstance(value, Real) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if kind == 'bool':
+        return isinstance(value, bool)
+    if kind == 'str':
+        return isinstance(value, str)
+    if kind == 'path':
+        return isinstance(value, (str, os.PathLike))
+    if kind == 'config':  # a registry config
+        return isinstance(value, dict) and 'type' in value
+    if kind == 'quantizer':  # a QUANTIZERS config or a built module
+        return isinstance(value, nn.Module) or _kind_matches(value, 'config')
+    if kind in ('ints', 'reals', 'quantizers'):
+        return isinstance(value, (list, tuple)) and all(
+            _kind_matches(v, kind[:-1]) for v in value)
+    raise ValueError(f'unknown option kind {kind!r}')
+
+
+_KIND_NAMES = dict(int='an int', real='a finite real number',
+                   bool='a bool (True / False)', str='a string',
+                   path='a path (str)', ints='a list of ints',
+                   reals='a list of real numbers',
+                   config='a QUANTIZERS config dict (with `type`)',
+                   quantizer='a QUANTIZERS config dict (with `type`) or a '
+                   'quantizer module',
+                   quantizers='a list of QUANTIZERS configs / quantizer '
+                   'modules')
+
+
+def check_option_types(**options: Tuple[object, str]) -> None:
+    """The one type check of quantizer options, before any range check.
+
+    Each keyword is a config key, its value ``(value, kind)``: ``kind`` is
+    ``'int'`` (not bool), ``'real'`` (finite int or float, not bool),
+    ``'bool'``, ``'str'``, ``'path'`` (str or ``os.PathLike``),
+    ``'config'`` (a registry config: a dict with ``type``), ``'quantizer'``
+    (such a config or a module), or a plural (``'ints'``, ``'reals'``,
+    ``'quantizers'``: a list or tuple of them); ``'a|b'`` allows either and
+    a trailing ``'?'`` allows ``None``.
+
+    Raises:
+        ValueError: naming the first key whose value has another type
+            (e.g. ``codebook_size='4096'``, ``levels=8``, ``embed_dim=3.5``,
+            ``None`` where an int is required).
+    """
+    for key, (value, kind) in options.items():
+        optional = kind.endswith('?')
+        kinds = kind.rstrip('?').split('|')
+        if (optional and value is None) or any(
+                _kind_matches(value, k) for k in kinds):
+            continue
+        wanted = ' or '.join(_KIND_NAMES[k] for k in kinds)
+        raise ValueError(f'config key `{key}` must be {wanted}'
+                         f'{" or None" if optional else ""}, got {value!r} '
+                         f'({type(value).__name__})')
 
 
 def check_latent(z: torch.Tensor, in_channels: int,

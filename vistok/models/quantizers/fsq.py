@@ -14,7 +14,9 @@ from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
 from .base import (
     BaseQuantizer,
+    check_indices,
     check_latent,
+    check_option_types,
     code_space_projections,
     straight_through,
     usage_stats,
@@ -79,6 +81,9 @@ class FiniteScalarQuantizer(BaseQuantizer):
                  levels: Sequence[int],
                  in_channels: Optional[int] = None,
                  bound_eps: float = 1e-3):
+        # levels: type and range in one message below
+        check_option_types(in_channels=(in_channels, 'int?'),
+                           bound_eps=(bound_eps, 'real'))
         if (not isinstance(levels, (list, tuple)) or not levels
                 or any(not isinstance(level, Integral)
                        or isinstance(level, bool) or level < 2
@@ -159,15 +164,8 @@ class FiniteScalarQuantizer(BaseQuantizer):
     def _indices_to_levels(self, indices: torch.Tensor) -> torch.Tensor:
         """Int indices ``(B, S)`` -> integer-valued fp32 levels
         ``(B, d, S)``."""
-        if indices.is_floating_point() or indices.is_complex():
-            raise ValueError(
-                f'indices must be an integer tensor, got {indices.dtype}')
-        if indices.numel() and (indices.min() < 0
-                                or indices.max() >= self.codebook_size):
-            raise ValueError(
-                f'indices must lie in [0, {self.codebook_size}), got values '
-                f'in [{indices.min().item()}, {indices.max().item()}]')
-        digits = (indices.long().unsqueeze(1) // self._per_channel(
+        indices = check_indices(indices, self.codebook_size)
+        digits = (indices.unsqueeze(1) // self._per_channel(
             self.basis, 3)) % self._per_channel(self.levels_long, 3)
         return (digits - self._per_channel(self.half_width, 3)).float()
 

@@ -18,6 +18,8 @@ from .base import (
     BaseQuantizer,
     QuantizerCfg,
     check_latent,
+    check_option_types,
+    indices_level,
     merge_level_losses,
     merge_level_stats,
     run_quantizer,
@@ -126,6 +128,11 @@ class HierarchicalQuantizer(BaseQuantizer):
                  shared_codebook: bool = False,
                  token_order: str = 'grouped',
                  combine: str = 'sum'):
+        check_option_types(top_quantizer=(top_quantizer, 'quantizer'),
+                           bottom_quantizer=(bottom_quantizer, 'quantizer?'),
+                           shared_codebook=(shared_codebook, 'bool'),
+                           token_order=(token_order, 'str'),
+                           combine=(combine, 'str'))
         if token_order not in TOKEN_ORDERS:
             raise ValueError(f'token_order must be one of {TOKEN_ORDERS}, '
                              f'got {token_order!r}')
@@ -259,8 +266,11 @@ class HierarchicalQuantizer(BaseQuantizer):
             raise ValueError(
                 f'indices must be (top (B, h, w), bottom (B, 2h, 2w)), got '
                 f'shapes {tuple(top.shape)} and {tuple(bottom.shape)}')
-        top_map = F.pixel_shuffle(self.top.decode(top), FACTOR)
-        return self._combine(top_map, self._bottom_decode(bottom))
+        with indices_level('top'):
+            top_map = F.pixel_shuffle(self.top.decode(top), FACTOR)
+        with indices_level('bottom'):
+            bottom_map = self._bottom_decode(bottom)
+        return self._combine(top_map, bottom_map)
 
     def token_levels(
         self, indices: Tuple[torch.Tensor, torch.Tensor]

@@ -17,7 +17,9 @@ from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
 from .base import (
     BaseQuantizer,
+    check_indices,
     check_latent,
+    check_option_types,
     code_space_projections,
     flatten_channels_last,
     straight_through,
@@ -189,6 +191,17 @@ class LookupFreeQuantizer(BaseQuantizer):
                  commitment_weight: float = 0.25,
                  entropy_loss_mode: str = 'exact',
                  codebook_entropy_exact_max_bits: int = 20):
+        check_option_types(
+            codebook_bits=(codebook_bits, 'int'),
+            in_channels=(in_channels, 'int?'),
+            spherical=(spherical, 'bool'),
+            temperature=(temperature, 'real'),
+            entropy_weight=(entropy_weight, 'real'),
+            diversity_gamma=(diversity_gamma, 'real'),
+            commitment_weight=(commitment_weight, 'real'),
+            entropy_loss_mode=(entropy_loss_mode, 'str'),
+            codebook_entropy_exact_max_bits=(
+                codebook_entropy_exact_max_bits, 'int'))
         if (not isinstance(codebook_bits, Integral)
                 or isinstance(codebook_bits, bool) or codebook_bits < 1):
             raise ValueError(f'codebook_bits must be a positive int, got '
@@ -264,15 +277,8 @@ class LookupFreeQuantizer(BaseQuantizer):
     def indices_to_bits(self, indices: torch.Tensor) -> torch.Tensor:
         """Int indices ``(...)`` -> bool bits ``(..., d)``, MSB first
         (``bits[..., 0]`` is the most significant bit)."""
-        if indices.is_floating_point() or indices.is_complex():
-            raise ValueError(
-                f'indices must be an integer tensor, got {indices.dtype}')
-        if indices.numel() and (indices.min() < 0
-                                or indices.max() >= self.codebook_size):
-            raise ValueError(
-                f'indices must lie in [0, {self.codebook_size}), got values '
-                f'in [{indices.min().item()}, {indices.max().item()}]')
-        return (indices.long().unsqueeze(-1) & self.bit_weights) != 0
+        indices = check_indices(indices, self.codebook_size)
+        return (indices.unsqueeze(-1) & self.bit_weights) != 0
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """Indices ``(B, *spatial)`` of ``z`` ``(B, C, *spatial)``."""

@@ -16,7 +16,13 @@ import torch.nn.functional as F
 
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from .base import BaseQuantizer, straight_through, usage_stats
+from .base import (
+    BaseQuantizer,
+    check_option_types,
+    indices_level,
+    straight_through,
+    usage_stats,
+)
 from .vq import VectorQuantizer  # noqa: F401  (registers the default lookup)
 
 #: VAR's tokenizer: vocabulary 4096, 32 channels, plain Euclidean look-up
@@ -172,6 +178,18 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
                  dropout_ratio: float = 0.0,
                  dropout_mode: str = 'per_sample',
                  start_scale: int = 1):
+        check_option_types(scales=(scales, 'ints'),
+                           quantizer=(quantizer, 'config?'),
+                           use_phi=(use_phi, 'bool'),
+                           num_phi=(num_phi, 'int'),
+                           phi_ratio=(phi_ratio, 'real'),
+                           phi_kernel_size=(phi_kernel_size, 'int'),
+                           commitment_weight=(commitment_weight, 'real'),
+                           codebook_weight=(codebook_weight, 'real'),
+                           commitment_reduction=(commitment_reduction, 'str'),
+                           dropout_ratio=(dropout_ratio, 'real'),
+                           dropout_mode=(dropout_mode, 'str'),
+                           start_scale=(start_scale, 'int'))
         scales = tuple(scales)
         if not scales or any(not isinstance(s, int) or s < 1 for s in scales):
             raise ValueError(
@@ -515,7 +533,8 @@ class MultiScaleResidualQuantizer(BaseQuantizer):
         f_hats = []
         with torch.autocast(maps[0].device.type, enabled=False):
             for i, idx in enumerate(maps):
-                h = self._scale_contribution(idx, i)
+                with indices_level(f'scale {i}'):
+                    h = self._scale_contribution(idx, i)
                 f_hat = f_hats[-1] if f_hats else torch.zeros_like(h)
                 keep = None if num_scales is None else i < num_scales
                 f_hats.append(self._accumulate(f_hat, h, keep))

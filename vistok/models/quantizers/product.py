@@ -14,6 +14,8 @@ from vistok.structures import QuantizerOutput
 from .base import (
     BaseQuantizer,
     QuantizerCfg,
+    check_option_types,
+    indices_level,
     merge_level_losses,
     merge_level_stats,
     run_quantizer,
@@ -95,6 +97,10 @@ class ProductQuantizer(BaseQuantizer):
                  num_branches: Optional[int] = None,
                  in_channels: Optional[int] = None,
                  share_dropout: bool = True):
+        check_option_types(quantizer=(quantizer, 'quantizer|quantizers'),
+                           num_branches=(num_branches, 'int?'),
+                           in_channels=(in_channels, 'int?'),
+                           share_dropout=(share_dropout, 'bool'))
         if isinstance(quantizer, (list, tuple)):
             if num_branches not in (None, len(quantizer)):
                 raise ValueError(
@@ -199,10 +205,11 @@ class ProductQuantizer(BaseQuantizer):
                 f'indices must have a trailing branch axis of length '
                 f'{self.num_branches}, got {len(branch_indices)}')
         options = {} if num_scales is None else dict(num_scales=num_scales)
-        return torch.cat([
-            branch.decode(ids, **options)
-            for branch, ids in zip(self.branches, branch_indices)
-        ], 1)
+        decoded = []
+        for p, (branch, ids) in enumerate(zip(self.branches, branch_indices)):
+            with indices_level(f'branch {p}'):
+                decoded.append(branch.decode(ids, **options))
+        return torch.cat(decoded, 1)
 
     def offset_indices(self, indices: Indices) -> Indices:
         """Branch-local ids ``(..., P)`` -> joint-vocabulary ids: branch

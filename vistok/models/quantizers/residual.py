@@ -15,7 +15,10 @@ from vistok.structures import QuantizerOutput
 from .base import (
     BaseQuantizer,
     QuantizerCfg,
+    check_indices,
     check_latent,
+    check_option_types,
+    indices_level,
     merge_level_losses,
     merge_level_stats,
     run_quantizer,
@@ -105,6 +108,15 @@ class ResidualQuantizer(BaseQuantizer):
                  dropout_min_depth: int = 1,
                  depth_loss_reduction: str = 'sum',
                  per_depth_loss: bool = False):
+        check_option_types(
+            quantizer=(quantizer, 'quantizer'),
+            depth=(depth, 'int'),
+            shared_codebook=(shared_codebook, 'bool'),
+            depth_scales=(depth_scales, 'str|reals?'),
+            dropout_prob=(dropout_prob, 'real'),
+            dropout_min_depth=(dropout_min_depth, 'int'),
+            depth_loss_reduction=(depth_loss_reduction, 'str'),
+            per_depth_loss=(per_depth_loss, 'bool'))
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f'depth must be a positive int, got {depth!r}')
         if not 0.0 <= dropout_prob <= 1.0:
@@ -259,7 +271,10 @@ class ResidualQuantizer(BaseQuantizer):
         """``ẑ`` ``(B, C, *spatial)`` from indices ``(B, *spatial, D')``
         (``D' <= D``) summing only the first ``num_depths`` depths (default
         all given): a coarser reconstruction, as quantizer dropout trains
-        for. ``DROPPED_INDEX`` entries contribute zero."""
+        for. ``DROPPED_INDEX`` entries contribute zero; any other id outside
+        its depth's codebook raises
+        :class:`~.base.InvalidIndicesError` naming the depth."""
+        indices = check_indices(indices, None, lowest=DROPPED_INDEX)
         given = indices.shape[-1]
         num_depths = given if num_depths is None else num_depths
         if given > self.depth or not 1 <= num_depths <= given:
@@ -270,8 +285,9 @@ class ResidualQuantizer(BaseQuantizer):
         total = None
         for d in range(num_depths):
             depth_indices = indices[..., d]
-            contribution = self.quantizer_at(d).decode(
-                depth_indices.clamp_min(0)) * self.depth_scales[d]
+            with indices_level(f'depth {d}'):
+                contribution = self.quantizer_at(d).decode(
+                    depth_indices.clamp_min(0)) * self.depth_scales[d]
             # (B, *spatial[, inner index axes]) -> (B, *spatial)
             kept = (depth_indices != DROPPED_INDEX).reshape(
                 *contribution.shape[:1], *contribution.shape[2:], -1).all(-1)

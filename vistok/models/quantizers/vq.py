@@ -13,12 +13,14 @@ from typing import Dict, Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file as load_safetensors
 
 from vistok.models.utils.code_search import nearest_code
 from vistok.registry import QUANTIZERS
 from vistok.structures import QuantizerOutput
-from vistok.utils.checkpoint import load_checkpoint_file
+from vistok.utils.checkpoint import (
+    load_checkpoint_file,
+    load_safetensors_file,
+)
 from vistok.utils.dist import all_reduce_sum_, broadcast_from_rank0_, get_rank
 from vistok.utils.llm_embedding import (
     read_llm_embedding,
@@ -27,7 +29,9 @@ from vistok.utils.llm_embedding import (
 )
 from .base import (
     BaseQuantizer,
+    check_indices,
     check_latent,
+    check_option_types,
     code_space_projections,
     flatten_channels_last,
     straight_through,
@@ -375,6 +379,34 @@ class VectorQuantizer(BaseQuantizer):
                  latent_norm_cap: float = 30.0,
                  latent_norm_decay: float = 0.99,
                  cap_latent_norm: bool = True):
+        check_option_types(
+            codebook_size=(codebook_size, 'int'),
+            embed_dim=(embed_dim, 'int'),
+            in_channels=(in_channels, 'int?'),
+            use_l2_norm=(use_l2_norm, 'bool'),
+            l2_norm_output=(l2_norm_output, 'bool?'),
+            commitment_weight=(commitment_weight, 'real'),
+            codebook_weight=(codebook_weight, 'real'),
+            frozen_codebook=(frozen_codebook, 'bool'),
+            ema_decay=(ema_decay, 'real?'),
+            ema_eps=(ema_eps, 'real'),
+            gradient_estimator=(gradient_estimator, 'str'),
+            restart_threshold=(restart_threshold, 'real?'),
+            restart_decay=(restart_decay, 'real'),
+            restart_interval=(restart_interval, 'int'),
+            kmeans_init=(kmeans_init, 'bool'),
+            kmeans_iters=(kmeans_iters, 'int'),
+            use_external_codebook=(use_external_codebook, 'bool'),
+            external_codebook_path=(external_codebook_path, 'path?'),
+            mix_mode=(mix_mode, 'str'),
+            external_codebook_key=(external_codebook_key, 'str?'),
+            external_num_codes=(external_num_codes, 'int?'),
+            external_codebook_in_checkpoint=(
+                external_codebook_in_checkpoint, 'bool'),
+            latent_norm_stat=(latent_norm_stat, 'str?'),
+            latent_norm_cap=(latent_norm_cap, 'real'),
+            latent_norm_decay=(latent_norm_decay, 'real'),
+            cap_latent_norm=(cap_latent_norm, 'bool'))
         super().__init__(embed_dim if in_channels is None else in_channels)
         if l2_norm_output is None:
             l2_norm_output = use_l2_norm
@@ -751,7 +783,7 @@ class VectorQuantizer(BaseQuantizer):
                 'external_codebook_path at it, or set external_codebook_key '
                 'to read the rows from the LLM itself')
         if path.endswith('.safetensors'):
-            loaded = load_safetensors(path)
+            loaded = load_safetensors_file(path)
         else:
             loaded = load_checkpoint_file(path, map_location='cpu')
         return _single_tensor(loaded, path)
@@ -1104,8 +1136,10 @@ class VectorQuantizer(BaseQuantizer):
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Quantized latents ``(B, C, *spatial)`` of ``indices``
-        ``(B, *spatial)``."""
-        codes = self._out_codes(self.code_vectors(), indices.reshape(-1))
+        ``(B, *spatial)``; an id outside ``[0, codebook_size)`` raises
+        :class:`~.base.InvalidIndicesError` (never wrapped)."""
+        flat = check_indices(indices, self.codebook_size).reshape(-1)
+        codes = self._out_codes(self.code_vectors(), flat)
         return self._from_code_space(codes, indices.shape)
 
     # --- training-time updates ---------------------------------------------
