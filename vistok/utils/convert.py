@@ -114,6 +114,23 @@ def with_copies(rules: Iterable[RuleLike], prefix: str) -> List[Rule]:
     ]
 
 
+#: patterns of vistok tokenizer state that no released tokenizer holds (the
+#: discriminator, the LeCam statistics, the EMA's update count): converters
+#: allow them to keep their initial values
+TOKENIZER_TRAINING_STATE = (r'discriminator\..+',
+                            r'adversarial_loss\.lecam_ema_(real|fake)',
+                            r'ema\.num_updates')
+
+
+def rules_with_ema_copy(rules: Iterable[RuleLike],
+                        model: nn.Module) -> List[Rule]:
+    """``rules``, also writing to the EMA copy of ``model`` (``ema.<key>``)
+    when it keeps one."""
+    if getattr(model, 'ema', None) is not None:
+        return with_copies(rules, 'ema.')
+    return [as_rule(rule) for rule in rules]
+
+
 def rules_with_ema_copies(parts: Mapping[str, Iterable[RuleLike]],
                           model: nn.Module) -> List[Rule]:
     """The rules of every part (name → rules); the rules of a part the

@@ -69,7 +69,11 @@ from typing import Dict
 import torch
 
 from vistok.utils.checkpoint import CheckpointLoadError
-from vistok.utils.convert import load_torch_checkpoint, rules_with_ema_copies
+from vistok.utils.convert import (
+    TOKENIZER_TRAINING_STATE,
+    load_torch_checkpoint,
+    rules_with_ema_copies,
+)
 
 #: entries of an official training checkpoint (``xqgan_train.py`` saves
 #: ``{'model', 'optimizer', 'discriminator', 'optimizer_disc', 'steps'}``
@@ -136,12 +140,7 @@ IGNORE_UNMAPPED = (
     r'sem_linear\..+',
 )
 #: vistok keys without a counterpart in the release
-ALLOW_MISSING = (
-    r'semantic_loss\..+',
-    r'discriminator\..+',
-    r'adversarial_loss\.lecam_ema_(real|fake)',
-    r'ema\.num_updates',
-)
+ALLOW_MISSING = (r'semantic_loss\..+', ) + TOKENIZER_TRAINING_STATE
 #: official keys of layouts this converter does not take, with the reason
 UNSUPPORTED = {
     'encoder.latent_pos_embed':

@@ -21,7 +21,7 @@ The release has no discriminator: ``discriminator.*``, the LeCam statistics
 and ``ema.num_updates`` keep their initial values. Anything else unmapped or
 missing stops the conversion with a report.
 """
-from vistok.utils.convert import with_copies
+from vistok.utils.convert import TOKENIZER_TRAINING_STATE, rules_with_ema_copy
 
 #: (TiTok pattern, vistok replacement)
 RULES = [
@@ -33,14 +33,10 @@ RULES = [
     (r'((?:encoder|decoder)\..+)', r'\1'),
 ]
 #: vistok keys without a counterpart in the release
-ALLOW_MISSING = (r'discriminator\..+',
-                 r'adversarial_loss\.lecam_ema_(real|fake)',
-                 r'ema\.num_updates')
+ALLOW_MISSING = TOKENIZER_TRAINING_STATE
 
 
 def rules_for(model) -> list:
     """:data:`RULES`, also writing to the EMA copy of ``model`` (an
     AutoencoderTokenizer) when it keeps one."""
-    if getattr(model, 'ema', None) is not None:
-        return with_copies(RULES, 'ema.')
-    return list(RULES)
+    return rules_with_ema_copy(RULES, model)

@@ -54,7 +54,10 @@ the weights into the fixed layout), and refuses a single-stage
 """
 import re
 
-from vistok.utils.convert import rules_with_ema_copies
+from vistok.utils.convert import (
+    TOKENIZER_TRAINING_STATE,
+    rules_with_ema_copies,
+)
 from .maskgit_vqgan import RULES as MASKGIT_VQGAN_RULES
 
 
@@ -138,9 +141,7 @@ IGNORE_UNMAPPED = (r'quantize\.embed_prob', )
 #: official keys dropped for a stage-1 target (``--stage 1``)
 STAGE2_KEYS = (r'pixel_quantize\..+', r'pixel_decoder\..+')
 #: vistok keys without a counterpart in the release
-ALLOW_MISSING = (r'discriminator\..+',
-                 r'adversarial_loss\.lecam_ema_(real|fake)',
-                 r'ema\.num_updates')
+ALLOW_MISSING = TOKENIZER_TRAINING_STATE
 
 ISSUE_17 = (
     'TiTok issue #17: the released two-stage checkpoints were trained with '

@@ -63,7 +63,7 @@ import torch.nn as nn
 from vistok.models.backbones.conv import ConvDecoder, ConvEncoder
 from vistok.models.quantizers.multiscale import MultiScaleResidualQuantizer
 from vistok.models.quantizers.vq import VectorQuantizer
-from vistok.utils.convert import with_copies
+from vistok.utils.convert import TOKENIZER_TRAINING_STATE, rules_with_ema_copy
 
 #: VAR's ``quant_resi`` (``Phi``'s blending ratio; not in the checkpoint)
 OFFICIAL_PHI_RATIO = 0.5
@@ -101,17 +101,13 @@ RULES = [
 #: VAR keys that are not weights (see the module docstring)
 IGNORE_UNMAPPED = (r'quantize\.ema_vocab_hit_SV', )
 #: vistok keys without a counterpart in the release
-ALLOW_MISSING = (r'discriminator\..+',
-                 r'adversarial_loss\.lecam_ema_(real|fake)',
-                 r'ema\.num_updates')
+ALLOW_MISSING = TOKENIZER_TRAINING_STATE
 
 
 def rules_for(model) -> list:
     """:data:`RULES`, also writing to the EMA copy of ``model`` (an
     AutoencoderTokenizer) when it keeps one."""
-    if getattr(model, 'ema', None) is not None:
-        return with_copies(RULES, 'ema.')
-    return list(RULES)
+    return rules_with_ema_copy(RULES, model)
 
 
 def layout_problems(model: nn.Module) -> list:
