@@ -97,9 +97,8 @@ def lpips_package_model(vgg_file):
     ``sliceK.N.*`` ← ``features.N.*``)."""
     import warnings
 
-    import pytest
+    import lpips
     import torch
-    lpips = pytest.importorskip('lpips')
     with warnings.catch_warnings():  # lpips calls vgg16(pretrained=False)
         warnings.simplefilter('ignore', UserWarning)
         model = lpips.LPIPS(net='vgg', pnet_rand=True, pretrained=True,

@@ -2,7 +2,7 @@
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [PATH|auto]]
         [--amp] [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
-        [--seed N] [--deterministic] [--trust-checkpoint]
+        [--seed N] [--[no-]deterministic] [--trust-checkpoint]
 """
 import argparse
 import os.path as osp
@@ -36,8 +36,11 @@ def parse_args(argv=None):
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
                         default='none', help='job launcher')
     parser.add_argument('--seed', type=int, help='random seed')
-    parser.add_argument('--deterministic', action='store_true',
-                        help='deterministic algorithms (slower)')
+    parser.add_argument(
+        '--deterministic', action=argparse.BooleanOptionalAction,
+        default=None, help='PyTorch deterministic algorithms on / off '
+        '(default: the config\'s randomness.deterministic; None there: on '
+        'for CPU-only runs, off with CUDA)')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='allow loading checkpoints as full pickles; '
                         'this can execute code from the file')

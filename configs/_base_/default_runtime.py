@@ -24,4 +24,6 @@ visualizer = dict(type='Visualizer', vis_backends=vis_backends)
 log_level = 'INFO'
 load_from = None
 resume = False
-randomness = dict(seed=0, deterministic=False)
+# deterministic=None: PyTorch's deterministic algorithms on CPU-only runs
+# (bit-identical reruns; README, "Reproducibility"), off with CUDA
+randomness = dict(seed=0, deterministic=None)

@@ -3,6 +3,7 @@ distributed training on CPU."""
 import hashlib
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
-from _helpers import REPO_ROOT, subprocess_env, torch_threads
+from _helpers import REPO_ROOT, free_port, subprocess_env, torch_threads
 from vistok.apis import apply_cli_options, build_runner
 from vistok.utils.checkpoint import CheckpointLoadError, load_checkpoint_file
 from vistok.utils.export import extract_weights
@@ -39,8 +40,18 @@ class RecordLosses(Hook):
             raise KeyboardInterrupt('simulated crash')
 
 
+class DropResumedRngState(Hook):
+    """Resume without restoring the RNG states: the loop restores
+    ``runner.resumed_rng_state`` after ``before_train``."""
+    priority = 'HIGHEST'
+
+    def before_train(self, runner):
+        assert runner.resumed_rng_state is not None  # a real resume
+        runner.resumed_rng_state = None
+
+
 def run(work_dir, name, *, resume=None, crash_after=None, amp=False,
-        options=None, config=TINY):
+        options=None, config=TINY, hooks=()):
     cfg = Config.fromfile(config)
     apply_cli_options(cfg, work_dir=str(work_dir), resume=resume, amp=amp,
                       cfg_options=options)
@@ -48,6 +59,8 @@ def run(work_dir, name, *, resume=None, crash_after=None, amp=False,
     runner = build_runner(cfg)
     recorder = RecordLosses(crash_after)
     runner.register_hook(recorder)
+    for hook in hooks:
+        runner.register_hook(hook)
     try:
         runner.train()
     except KeyboardInterrupt:
@@ -77,12 +90,32 @@ def uninterrupted(tmp_path_factory):
     return weights(runner), losses
 
 
-def test_resume_auto_continues_exactly(tmp_path, uninterrupted):
+@pytest.fixture(scope='module')
+def interrupted(tmp_path_factory):
+    """The tiny run killed after iteration 10 (last checkpoint: 8)."""
+    work_dir = tmp_path_factory.mktemp('interrupted')
+    _, first = run(work_dir, 'part1', crash_after=10)
+    assert {'iter_4.pth', 'iter_8.pth'} <= set(os.listdir(work_dir))
+    return work_dir, first
+
+
+def copy_work_dir(source, target):
+    """A copy of a work dir whose ``last_checkpoint`` names its own
+    files."""
+    shutil.copytree(source, target)
+    pointer = osp.join(target, 'last_checkpoint')
+    name = osp.basename(open(pointer).read().strip())
+    with open(pointer, 'w') as f:
+        f.write(osp.join(target, name))
+    return target
+
+
+def test_resume_auto_continues_exactly(tmp_path, uninterrupted, interrupted):
     full_weights, full_losses = uninterrupted
     assert len(full_losses) == 12
-    _, first = run(tmp_path, 'part1', crash_after=10)
-    assert {'iter_4.pth', 'iter_8.pth'} <= set(os.listdir(tmp_path))
-    runner, second = run(tmp_path, 'part2', resume='auto')
+    work_dir = copy_work_dir(interrupted[0], tmp_path / 'resumed')
+    first = interrupted[1]
+    runner, second = run(work_dir, 'part2', resume='auto')
     assert sorted(second) == [9, 10, 11, 12]
     for it in range(1, 9):
         assert first[it] == full_losses[it]
@@ -145,12 +178,21 @@ def test_runners_started_in_the_same_second_keep_their_own_logs(
     assert second.visualizer is not first.visualizer
 
 
-def test_resume_without_rng_restore_would_differ(tmp_path, uninterrupted):
-    """Guard that the exact-resume test can fail: dropout and augmentation
-    make iterations depend on the RNG streams."""
-    _, full_losses = uninterrupted
-    _, shifted = run(tmp_path, 'seed1', options={'randomness.seed': 1})
-    assert shifted[1] != full_losses[1]
+def test_resume_without_rng_restore_differs(tmp_path, uninterrupted,
+                                            interrupted):
+    """Guard that the exact-resume test can fail: the same resume with the
+    checkpoint's RNG states dropped (model, optimizer, schedulers and data
+    position still restored) draws other dropout masks, so every resumed
+    iteration and the final weights differ from the uninterrupted run."""
+    full_weights, full_losses = uninterrupted
+    work_dir = copy_work_dir(interrupted[0], tmp_path / 'resumed')
+    runner, second = run(work_dir, 'no_rng', resume='auto',
+                         hooks=[DropResumedRngState()])
+    assert sorted(second) == [9, 10, 11, 12]
+    for it in range(9, 13):
+        assert second[it]['loss'] != full_losses[it]['loss'], it
+    resumed = weights(runner)
+    assert not all(torch.equal(resumed[k], full_weights[k]) for k in resumed)
 
 
 def test_crash_during_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -252,7 +294,7 @@ def test_dist_train_two_cpu_processes_match_one(tmp_path, config, extra):
         ['bash', osp.join(REPO_ROOT, 'tools/dist_train.sh'), config, '2',
          '--work-dir', str(tmp_path / 'two'), '--cfg-options', *options,
          'train_dataloader.batch_size=4'],
-        env=subprocess_env(PYTHON=sys.executable, PORT=29517),
+        env=subprocess_env(PYTHON=sys.executable, PORT=free_port()),
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = load_checkpoint_file(tmp_path / 'two' / 'iter_3.pth')['state_dict']

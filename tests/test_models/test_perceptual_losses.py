@@ -1,6 +1,8 @@
 import os.path as osp
 
+import lpips
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 
@@ -112,7 +114,6 @@ def test_lpips_missing_files(tmp_path, vgg_file, monkeypatch):
         loss.init_weights()
     assert err.value.key == 'heads_path'
 
-    lpips = pytest.importorskip('lpips')
     assert LPIPS(trunk_path=vgg_file).weight_files()[1] == osp.join(
         osp.dirname(lpips.__file__), 'weights', 'v0.1', 'vgg.pth')
     monkeypatch.setattr(perceptual, 'lpips_package_heads_file', lambda: None)
@@ -123,7 +124,6 @@ def test_lpips_missing_files(tmp_path, vgg_file, monkeypatch):
 
 @pytest.fixture(scope='module')
 def timm_file(tmp_path_factory):
-    timm = pytest.importorskip('timm')
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp('timm') / f'{TINY_TIMM}.pth'
     torch.save(timm.create_model(TINY_TIMM).state_dict(), path)
@@ -132,7 +132,6 @@ def timm_file(tmp_path_factory):
 
 def timm_reference(timm_file, **kwargs):
     """timm's own model loaded from the same file."""
-    import timm
     return timm.create_model(TINY_TIMM,
                              pretrained=True,
                              pretrained_cfg_overlay=dict(file=timm_file),

@@ -199,7 +199,7 @@ def test_stage2_dist_train_two_processes_match_one(tmp_path):
 
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    from _helpers import subprocess_env
+    from _helpers import free_port, subprocess_env
     from vistok.registry import MODELS
     cfg = load_cfg(STAGE1, tmp_path, 1, {})
     torch.manual_seed(0)
@@ -229,7 +229,7 @@ def test_stage2_dist_train_two_processes_match_one(tmp_path):
          osp.join(CONFIGS, STAGE2), '2', '--work-dir', str(tmp_path / 'two'),
          '--cfg-options', *[f'{k}={v}' for k, v in options.items()],
          'train_dataloader.batch_size=4'],
-        env=subprocess_env(PYTHON=sys.executable, PORT=29523),
+        env=subprocess_env(PYTHON=sys.executable, PORT=free_port()),
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = _load_checkpoint(str(tmp_path / 'two' / 'iter_3.pth'),

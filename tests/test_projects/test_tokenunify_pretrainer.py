@@ -12,6 +12,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import DefaultScope
 from skimage.metrics import peak_signal_noise_ratio
 
+from projects.TokenUnify.tokenunify.emmamba import EMMamba
 from projects.TokenUnify.tokenunify.pretrainer import (
     TokenUnifyPretrainer,
     TokenUnifyPSNR,
@@ -342,8 +343,7 @@ def test_total_loss_falls_when_overfitting_a_few_smooth_crops():
 
 
 def test_runs_on_a_tiny_emmamba():
-    emmamba = pytest.importorskip('projects.TokenUnify.tokenunify.emmamba')
-    backbone = emmamba.EMMamba(arch=None, out_channels=1,
+    backbone = EMMamba(arch=None, out_channels=1,
                                feat_size=(4, 8, 8, 16), hidden_size=16)
     model = model_with(dict(random=dict(mask_ratio=0.4), next_token=dict(),
                             next_all=dict(loss_on='masked')),

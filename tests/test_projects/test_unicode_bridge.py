@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import transformers
 from mmengine.config import Config
 from test_tools_export_tokens import (
     NUM_IMAGES,
@@ -54,8 +55,6 @@ from vistok.datasets.token_shards import TokenShardDataset
 from vistok.models.utils import prepare_tokenizer
 from vistok.models.utils.token_ids import llm_id_table
 from vistok.registry import MODELS
-
-transformers = pytest.importorskip('transformers')
 
 SPECIALS = ['<unk>', '<s>', '</s>', '<pad>']
 CAPTIONS = [f'{size} {color} {shape}' for size in ('a small', 'a big')

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import transformers
 from safetensors.torch import save_file
 
 from vistok.utils.llm_embedding import (
@@ -75,7 +76,6 @@ def test_real_transformers_folder(tmp_path):
     """A folder written by transformers' save_pretrained (sharded): the
     table equals the model's input embeddings; every other shard is
     corrupted first."""
-    transformers = pytest.importorskip('transformers')
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=48, hidden_size=16, intermediate_size=32,

@@ -42,11 +42,16 @@ def enable_amp(cfg: Config) -> None:
 
 def apply_cli_options(cfg: Config, *, work_dir=None, resume=None,
                       load_from=None, amp=False, launcher='none', seed=None,
-                      deterministic=False, cfg_options=None) -> Config:
+                      deterministic=None, cfg_options=None) -> Config:
     """Apply the command-line options shared by the tools.
 
     ``resume`` is ``None`` (no resume), ``'auto'`` (newest loadable
-    checkpoint of the work dir) or a checkpoint path.
+    checkpoint of the work dir) or a checkpoint path. ``seed`` and
+    ``deterministic`` set ``randomness.seed`` / ``randomness.deterministic``
+    when not ``None`` and leave the config's value otherwise
+    (``deterministic=None`` in the config: deterministic algorithms on
+    CPU-only runs, see :meth:`vistok.engine.runner.VistokRunner.
+    set_randomness`).
     """
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -66,11 +71,12 @@ def apply_cli_options(cfg: Config, *, work_dir=None, resume=None,
     elif resume is not None:
         cfg.resume = True
         cfg.load_from = resume
-    if seed is not None or deterministic:
+    if seed is not None or deterministic is not None:
         randomness = dict(cfg.get('randomness') or {})
         if seed is not None:
             randomness['seed'] = seed
-        randomness['deterministic'] = deterministic
+        if deterministic is not None:
+            randomness['deterministic'] = bool(deterministic)
         cfg.randomness = randomness
     return cfg
 

@@ -17,6 +17,10 @@ What differs from ``mmengine.runner.Runner`` (0.10.7):
 * ``load_or_resume`` with ``resume=True`` and no path ("``--resume auto``")
   tries the work dir's checkpoints newest first and falls back past any that
   cannot be loaded; it never starts from scratch over existing checkpoints.
+* ``randomness.deterministic`` has a third value, ``None`` (the default
+  runtime's): PyTorch's deterministic algorithms on CPU-only runs, off
+  with CUDA; ``True`` / ``False`` force them on / off for the run
+  (:meth:`VistokRunner.set_randomness`).
 * ``auto_scale_lr`` takes a ``rule``: ``'linear'`` (mmengine's) or
   ``'sqrt'`` (SeiT++'s fine-tuning rule), and the effective batch counts
   gradient accumulation (:mod:`vistok.engine.optimizers.lr_scaling`); the
@@ -107,6 +111,45 @@ class VistokRunner(Runner):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         check_auto_scale_lr(self.auto_scale_lr)
+
+    def set_randomness(self, seed, diff_rank_seed: bool = False,
+                       deterministic=None) -> None:
+        """Seed every RNG (mmengine's) and choose PyTorch's deterministic
+        algorithms for this run.
+
+        Args:
+            seed: the seed (``None``: drawn and synchronised over ranks).
+            diff_rank_seed: add the rank to the seed on each process.
+            deterministic: ``True``: ``torch.use_deterministic_algorithms(
+                True)`` and, with CUDA, cuDNN's deterministic choices;
+                ``False``: PyTorch's default (fastest) algorithms; ``None``
+                (``configs/_base_/default_runtime.py``): ``True`` when the
+                run has no GPU, ``False`` otherwise.
+
+        On CPU the op behind the drift of the demo config is ``index_put_``
+        with ``accumulate=True`` — the backward of ``codebook[indices]``, i.e.
+        of every codebook look-up — which adds rows with parallel atomic
+        float adds when more than one thread runs and more than one
+        parallel grain (32,768 elements) is added: the order, hence the
+        rounding, changes from run to run (the demo's weights differ by
+        ~1e-4 after 15 steps, ~6e-3 after 30). Deterministic, it adds
+        serially; ``bench/determinism.py`` measures the cost (README,
+        "Reproducibility"). The mode also makes ``put_(accumulate=True)``
+        and ``index_copy_`` deterministic on CPU and makes ``put_(
+        accumulate=False)`` and ``MaxUnpool`` raise (PyTorch's
+        ``use_deterministic_algorithms``; vistok uses neither). The flag is
+        global to the process and set explicitly either way, so a run does
+        not inherit an earlier runner's choice.
+        """
+        if deterministic is None:
+            deterministic = get_device() == 'cpu'
+        elif not isinstance(deterministic, bool):
+            raise TypeError(f'randomness.deterministic must be True, False '
+                            f'or None (deterministic on CPU), got '
+                            f'{deterministic!r}')
+        super().set_randomness(seed, diff_rank_seed=diff_rank_seed,
+                               deterministic=deterministic)
+        torch.use_deterministic_algorithms(deterministic)
 
     def scale_lr(self, optim_wrapper, auto_scale_lr=None) -> None:
         """Scale every parameter group's learning rate by the
