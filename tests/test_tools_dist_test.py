@@ -6,6 +6,7 @@ interleaves the ranks' results back into dataset order and cuts the padding.
 """
 import ast
 import os.path as osp
+import re
 import runpy
 import subprocess
 import sys
@@ -80,10 +81,10 @@ def test_dist_test_two_cpu_processes_match_one(tmp_path, random_checkpoint):
         torch.testing.assert_close(b['pred_img'], a['pred_img'], rtol=0,
                                    atol=PIXEL_ATOL)
 
-    # the metrics rank 0 printed (the tool prints the dict on every rank)
-    printed = [line for line in proc.stdout.splitlines()
-               if line.startswith("{'psnr'")]
-    assert len(printed) == 2, proc.stdout[-2000:]  # one line per rank
+    # the metrics dict the tool prints on every rank (the two ranks' writes
+    # to the shared stdout may interleave on one line)
+    printed = re.findall(r"\{'psnr'[^{}]*\}", proc.stdout)
+    assert len(printed) == 2, proc.stdout[-2000:]  # one dict per rank
     two = ast.literal_eval(printed[0])
     assert ast.literal_eval(printed[1]) == two
     assert set(two) == set(one) == {'psnr', *EXACT}
