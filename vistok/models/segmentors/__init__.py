@@ -2,9 +2,13 @@
 from .affinity_segmentor import AffinitySegmentor
 from .multicut import Multicut
 from .sliding_window import sliding_window_inference
-from .watershed import WatershedAgglomeration, WatershedFragments
+from .watershed import (
+    DistanceTransformWatershed,
+    WatershedAgglomeration,
+    WatershedFragments,
+)
 
 __all__ = [
-    'AffinitySegmentor', 'Multicut', 'WatershedAgglomeration',
-    'WatershedFragments', 'sliding_window_inference'
+    'AffinitySegmentor', 'DistanceTransformWatershed', 'Multicut',
+    'WatershedAgglomeration', 'WatershedFragments', 'sliding_window_inference'
 ]

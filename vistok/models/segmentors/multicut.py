@@ -19,7 +19,7 @@ edges ``Σ_{uv cut} w_uv`` (Chopra & Rao 1993; Andres et al. 2012). Solvers:
   better; repeat until no round improves.
 """
 import heapq
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -35,38 +35,56 @@ from .watershed import (
 
 SOLVERS = ('gaec', 'kernighan_lin')
 
-#: fragments of the official multicut path: per-slice watershed on
-#: ``max(1 - aff_y, 1 - aff_x)``, threshold 0.25, seed smoothing σ = 2
+#: fragments of the official multicut path (``utils/lmc.py`` of
+#: ydchen0806/TokenUnify: per-slice ``distance_transform_watershed`` of
+#: ``max(1 - aff_y, 1 - aff_x)`` with ``threshold=.25, sigma_seeds=2.`` and
+#: elf's defaults ``sigma_weights=2., min_size=100, alpha=.9``)
 MULTICUT_FRAGMENTS = dict(
+    type='DistanceTransformWatershed',
     boundary_channels=(1, 2),
     boundary_reduce='max',
     threshold=0.25,
     sigma_seeds=2.0,
+    sigma_weights=2.0,
+    min_size=100,
+    alpha=0.9,
     mode='2d')
 
+#: elf's ``transform_probabilities_to_costs``: probabilities are mapped
+#: affinely onto ``[P_MIN, 1 - P_MIN]`` before the log-odds
+P_MIN = 0.001
 
-def probabilities_to_costs(probabilities: np.ndarray,
-                           beta: float = 0.5,
-                           edge_sizes: Optional[np.ndarray] = None,
-                           weighting_exponent: float = 1.0,
-                           eps: float = 1e-6) -> np.ndarray:
-    """Multicut edge costs from merge probabilities ``p`` (mean boundary
-    affinities): the log-odds with a boundary bias ``β``,
 
-    ``w = log(p / (1 - p)) + log((1 - β) / β)``
+def transform_probabilities_to_costs(boundary_probabilities: np.ndarray,
+                                     beta: float = 0.5,
+                                     edge_sizes: Optional[np.ndarray] = None,
+                                     weighting_exponent: float = 1.0,
+                                     p_min: float = P_MIN) -> np.ndarray:
+    """Multicut edge costs from boundary probabilities ``p`` (the official
+    LMC path's mapping, ``elf.segmentation.multicut
+    .transform_probabilities_to_costs``, Beier et al. 2017):
 
-    (Andres et al. 2012; Beier et al. 2017, written with the boundary
-    probability ``1 - p``), ``p`` clipped to ``[eps, 1 - eps]``. ``β > 0.5``
-    favours cuts (over-segmentation), ``β < 0.5`` merges. With
-    ``edge_sizes`` the costs are scaled by ``(size / max size) **
-    weighting_exponent`` so long boundaries count more.
+    ``p' = (1 - 2 p_min) · p + p_min``  (``p`` squeezed onto
+    ``[p_min, 1 - p_min]``, not clipped: ``p`` is expected in ``[0, 1]``)
+
+    ``w = log((1 - p') / p') + log((1 - β) / β)``
+
+    Positive costs are attractive (low boundary probability). ``β > 0.5``
+    favours cuts, ``β < 0.5`` merges. With ``edge_sizes`` the costs are
+    scaled by ``(size / max size) ** weighting_exponent``.
     """
     if not 0 < beta < 1:
         raise ValueError(f'beta must be in (0, 1), got {beta}')
-    p = np.clip(np.asarray(probabilities, np.float64), eps, 1 - eps)
-    costs = np.log(p / (1 - p)) + np.log((1 - beta) / beta)
+    if not 0 < p_min < 0.5:
+        raise ValueError(f'p_min must be in (0, 0.5), got {p_min}')
+    p = (1.0 - 2.0 * p_min) * np.asarray(boundary_probabilities,
+                                         np.float64) + p_min
+    costs = np.log((1.0 - p) / p) + np.log((1.0 - beta) / beta)
     if edge_sizes is not None:
         sizes = np.asarray(edge_sizes, np.float64)
+        if sizes.shape != costs.shape:
+            raise ValueError(f'edge_sizes {sizes.shape} must match the '
+                             f'probabilities {costs.shape}')
         costs = costs * (sizes / sizes.max())**weighting_exponent
     return costs
 
@@ -259,26 +277,36 @@ def kernighan_lin(num_nodes: int,
 
 @POSTPROCESSORS.register_module()
 class Multicut:
-    """Watershed fragments → region adjacency graph → multicut (the
-    official TokenUnify "LMC" post-processing, there solved with elf /
-    nifty's Kernighan–Lin).
+    """Watershed fragments → region adjacency graph → multicut: the
+    official TokenUnify "LMC" post-processing (``utils/lmc.py`` of
+    ydchen0806/TokenUnify, there with elf / nifty), by default with its
+    settings:
 
-    Edge probabilities are the mean boundary affinities between two
-    fragments (all three offsets), turned into costs by
-    :func:`probabilities_to_costs` (bias ``beta``, weighted by boundary size
-    when ``edge_size_weighting``); the graph is solved by GAEC, optionally
-    refined by Kernighan–Lin.
+    * fragments: :class:`~.watershed.DistanceTransformWatershed` with
+      :data:`MULTICUT_FRAGMENTS` (per-slice distance-transform watershed,
+      threshold 0.25, σ seeds 2, σ weights 2, min size 100);
+    * edge probability: the mean boundary probability ``1 - affinity``
+      over the voxel pairs of the edge, all three offsets (elf's
+      ``compute_affinity_features(rag, 1 - affs, offsets)[:, 0]``);
+    * costs: :func:`transform_probabilities_to_costs` (``p`` squeezed onto
+      ``[0.001, 0.999]``, bias ``beta``), weighted by the relative number
+      of voxel pairs on the boundary (elf's
+      ``compute_boundary_mean_and_length(...)[:, 1]``, which counts
+      the same pairs);
+    * solver: Kernighan–Lin warm-started by GAEC (elf's
+      ``multicut_kernighan_lin``, ``warmstart=True``); vistok's NumPy
+      implementations stand in for nifty's.
 
     Args:
         fragments: POSTPROCESSORS config (or object) producing fragments;
-            default :class:`~.watershed.WatershedFragments` with
-            :data:`MULTICUT_FRAGMENTS`.
-        beta: boundary bias (0.5: none).
-        edge_size_weighting: scale costs by relative boundary size.
+            default :data:`MULTICUT_FRAGMENTS`.
+        beta: boundary bias (0.5: none, official).
+        edge_size_weighting: scale costs by relative boundary size
+            (official: on).
         weighting_exponent: exponent of that scaling.
         solver: ``'gaec'`` or ``'kernighan_lin'`` (GAEC warm start).
         max_rounds: Kernighan–Lin rounds.
-        eps: probability clipping of the log-odds.
+        p_min: probability squeeze of the cost mapping (official 0.001).
     """
 
     def __init__(self,
@@ -288,19 +316,37 @@ class Multicut:
                  weighting_exponent: float = 1.0,
                  solver: str = 'kernighan_lin',
                  max_rounds: int = 100,
-                 eps: float = 1e-6):
+                 p_min: float = P_MIN):
         if solver not in SOLVERS:
             raise ValueError(f'solver must be one of {SOLVERS}, got '
                              f'{solver!r}')
         if not 0 < beta < 1:
             raise ValueError(f'beta must be in (0, 1), got {beta}')
-        self.fragments = build_fragmenter(fragments, MULTICUT_FRAGMENTS)
+        if not 0 < p_min < 0.5:
+            raise ValueError(f'p_min must be in (0, 0.5), got {p_min}')
+        self.fragments = build_fragmenter(
+            MULTICUT_FRAGMENTS if fragments is None else fragments, {})
         self.beta = beta
         self.edge_size_weighting = edge_size_weighting
         self.weighting_exponent = weighting_exponent
         self.solver = solver
         self.max_rounds = max_rounds
-        self.eps = eps
+        self.p_min = p_min
+
+    def graph(self, affinities: np.ndarray, fragments: np.ndarray
+              ) -> Tuple[int, np.ndarray, np.ndarray]:
+        """The multicut problem of ``fragments`` ``(D, H, W)``: number of
+        nodes (``fragments.max() + 1``), edges int64 ``(E, 2)`` and their
+        costs float64 ``(E,)``."""
+        num_nodes = int(fragments.max()) + 1
+        edges, edge_of_value, values = region_adjacency(fragments, affinities)
+        sizes = np.bincount(edge_of_value, minlength=len(edges))
+        boundary = 1.0 - np.bincount(edge_of_value, values,
+                                     len(edges)) / np.maximum(sizes, 1)
+        costs = transform_probabilities_to_costs(
+            boundary, self.beta, sizes if self.edge_size_weighting else None,
+            self.weighting_exponent, self.p_min)
+        return num_nodes, edges, costs
 
     def solve(self, num_nodes: int, edges: np.ndarray,
               costs: np.ndarray) -> np.ndarray:
@@ -316,15 +362,9 @@ class Multicut:
         affinities."""
         affinities = as_affinities(affinities)
         fragments = self.fragments(affinities)
-        num_nodes = int(fragments.max()) + 1
-        edges, edge_of_value, values = region_adjacency(fragments, affinities)
+        num_nodes, edges, costs = self.graph(affinities, fragments)
         if len(edges) == 0:
             return to_uint32_segmentation(fragments)
-        sizes = np.bincount(edge_of_value, minlength=len(edges))
-        mean = np.bincount(edge_of_value, values, len(edges)) / sizes
-        costs = probabilities_to_costs(
-            mean, self.beta, sizes if self.edge_size_weighting else None,
-            self.weighting_exponent, self.eps)
         labels = self.solve(num_nodes, edges, costs)
         # label 0 (no fragment) keeps its own cluster: shift labels by one
         segmentation = np.where(fragments > 0, labels[fragments] + 1, 0)
