@@ -316,6 +316,9 @@ FORWARD_EQUIVALENCE_TESTS = {
                  'test_converted_checkpoint_matches_the_official_forward'),
     'var_vqvae': ('test_tools_var_vqvae_converter.py',
                   'test_converted_checkpoint_matches_the_official_forward'),
+    'tokenunify_emmamba': (
+        'test_tools_tokenunify_emmamba_converter.py',
+        'test_converted_base_model_matches_the_official_forward'),
     'var': ('test_tools_var_converter.py',
             'test_teacher_forcing_logits_match_the_official_forward'),
 }

@@ -15,14 +15,19 @@ for 3D Medical Image Segmentation") with anisotropic kernels for EM stacks.
   ``depths[i]`` :class:`EMMambaLayer` s (LayerNorm → tri-oriented Mamba,
   no residual, no MLP) and, for the skip output only, InstanceNorm + a
   channel MLP (1×1×1 conv C→2C, GELU, 2C→C).
-* **Decoder**: MONAI's UNETR blocks with ``res_block=True`` and instance
-  norm. ``skip_blocks[0]`` (official ``encoder1``) is a residual block on
-  the raw input (in → C0), ``skip_blocks[i + 1]`` (``encoder{i+2}``) maps
-  the stage-``i`` skip Ci → Ci+1 and the last one (``encoder5``) the last
-  skip to ``hidden_size``; ``up_blocks`` (``decoder5`` .. ``decoder2``) are
-  :class:`UnetrUpBlock3d` s going back to C0 at full resolution;
-  ``decoder1`` is a last residual block and ``final_conv`` the 1×1×1 output
-  conv (official ``out``; swap it to change the head). No sigmoid.
+* **Decoder**: MONAI's ``UnetrBasicBlock`` / ``UnetrUpBlock`` with
+  ``res_block=True`` and ``norm_name='instance'``, the blocks the official
+  ``src/segmamba.py`` builds (:func:`unetr_basic_block`,
+  :func:`unetr_up_block`). ``skip_blocks[0]`` (official ``encoder1``) is a
+  residual block on the raw input (in → C0), ``skip_blocks[i + 1]``
+  (``encoder{i+2}``) maps the stage-``i`` skip Ci → Ci+1 and the last one
+  (``encoder5``) the last skip to ``hidden_size``; ``up_blocks``
+  (``decoder5`` .. ``decoder2``) go back to C0 at full resolution;
+  ``decoder1`` is a last residual block and ``final_conv`` the 1×1×1
+  output conv with bias (official ``out``, MONAI's ``UnetOutBlock``, which
+  is this ``nn.Conv3d`` inside two wrappers: kept plain so the head is
+  ``final_conv.weight`` / ``.bias``, the keys the pre-train → fine-tune
+  configs name; swap it to change the head). No sigmoid.
 
 Deliberate choices, each a keyword argument:
 
@@ -43,27 +48,35 @@ The five sizes of the release (``arch``) and their parameter counts are in
 :data:`ARCH_SETTINGS` (reproduced to 0.02%, which also pins the decoder's
 channels: ``encoder{i+2}`` maps Ci → Ci+1, not Ci → Ci).
 
-Official parameter names → these (for a checkpoint converter; InstanceNorms
-have no parameters): ``vit.downsample_layers.0.0`` → ``encoder.downsamples.0
-.conv``, ``vit.downsample_layers.{i}.1`` → ``encoder.downsamples.{i}.conv``;
-``vit.gscs`` → ``encoder.gscs`` and ``vit.stages`` → ``encoder.stages`` (same
-names below); ``vit.mlps`` → ``encoder.skip_mlps``; ``encoder{k}.layer`` →
-``skip_blocks.{k-1}``; ``decoder{k}`` → ``up_blocks.{5-k}`` (``transp_conv
-.conv``, ``conv_block``); ``decoder1.layer`` → ``decoder1``; inside a
-residual block ``conv1.conv`` / ``conv2.conv`` / ``conv3.conv`` →
-``conv1`` / ``conv2`` / ``shortcut.0``; ``out.conv.conv`` → ``final_conv``.
+Official parameter names → these (the rules of
+``vistok/apis/converters/tokenunify_emmamba.py``; InstanceNorms have no
+parameters): ``vit.downsample_layers.0.0`` → ``encoder.downsamples.0.conv``,
+``vit.downsample_layers.{i}.1`` → ``encoder.downsamples.{i}.conv``;
+``vit.gscs`` → ``encoder.gscs`` and ``vit.stages`` → ``encoder.stages``
+(same names below); ``vit.mlps`` → ``encoder.skip_mlps``; ``encoder{k}`` →
+``skip_blocks.{k-1}``; ``decoder{k}`` → ``up_blocks.{5-k}``; ``decoder1``
+→ ``decoder1``; ``out.conv.conv`` → ``final_conv``. Inside the MONAI
+blocks the names are MONAI's on both sides (``layer.conv1.conv.weight``,
+``conv_block.conv3.conv.weight``, ``transp_conv.conv.weight``, ...).
+
+vistok checkpoints written before the decoder used MONAI's blocks named
+the same tensors without MONAI's wrappers (``skip_blocks.{i}.conv1.weight``
+→ now ``skip_blocks.{i}.layer.conv1.conv.weight``, ``shortcut.0`` →
+``conv3.conv``, ``up_blocks.{i}.conv_block.conv1.weight`` →
+``up_blocks.{i}.conv_block.conv1.conv.weight``); values and shapes are
+unchanged, so :func:`rename_legacy_decoder_keys` maps such a state dict.
 """
-from typing import Optional, Sequence, Tuple, Union
+import re
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrUpBlock
 
 from vistok.models.backbones.conv3d import (
     Downsample3d,
     GSCBlock3d,
-    ResBlock3d,
     Size3,
-    Upsample3d,
     check_volume,
 )
 from vistok.models.backbones.mamba import MambaMixer
@@ -89,6 +102,9 @@ ARCH_SETTINGS = {
 
 #: SegMamba's tri-oriented Mamba ("bimamba v3")
 TRI_ORIENTED = ('forward', 'backward', 'inter_slice')
+#: MONAI norm of the official decoder blocks (``norm_name="instance"`` in
+#: ``SegMamba.__init__``, src/segmamba.py): InstanceNorm, affine=False
+NORM_NAME = 'instance'
 
 
 class EMMambaLayer(nn.Module):
@@ -138,54 +154,40 @@ class ChannelMLP3d(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def unetr_res_block(in_channels: int, out_channels: int, kernel_size: Size3,
-                    negative_slope: float) -> ResBlock3d:
-    """MONAI's ``UnetrBasicBlock(res_block=True, norm_name='instance')`` =
-    ``UnetResBlock``: conv-IN-LeakyReLU-conv-IN plus the input (through a
-    1×1×1 conv + IN when the channels differ), then LeakyReLU; bias-free
-    convs, InstanceNorms without affine parameters."""
-    return ResBlock3d(
-        in_channels,
-        out_channels,
+def unetr_basic_block(in_channels: int, out_channels: int,
+                      kernel_size: Size3) -> UnetrBasicBlock:
+    """MONAI's ``UnetrBasicBlock(res_block=True, norm_name='instance')``,
+    as the official ``segmamba.py`` builds ``encoder1`` .. ``encoder5`` and
+    ``decoder1`` (stride 1): a ``UnetResBlock``, conv-IN-LeakyReLU(0.01)-
+    conv-IN plus the input (through a 1×1×1 conv + IN when the channels
+    differ), then LeakyReLU; bias-free convs, InstanceNorms without affine
+    parameters. ``(B, C_in, *spatial) -> (B, C_out, *spatial)``."""
+    return UnetrBasicBlock(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
         kernel_size=kernel_size,
-        negative_slope=negative_slope,
-        act_after_sum=True,
-        affine=False,
-        bias=False)
+        stride=1,
+        norm_name=NORM_NAME,
+        res_block=True)
 
 
-class UnetrUpBlock3d(nn.Module):
-    """MONAI's ``UnetrUpBlock(res_block=True)``: ``(B, C_in, D, H, W)`` and
-    a skip ``(B, C_out, D·s, H·s, W·s)`` → ``(B, C_out, D·s, H·s, W·s)``.
-
-    A bias-free transposed conv (kernel = stride = ``upsample_kernel_size``)
-    to ``C_out``, concatenation ``[up, skip]`` on channels, and the residual
-    block of :func:`unetr_res_block` from ``2·C_out`` to ``C_out``.
-    """
-
-    def __init__(self,
-                 in_channels: int,
-                 out_channels: int,
-                 kernel_size: Size3 = (1, 5, 5),
-                 upsample_kernel_size: Size3 = 2,
-                 negative_slope: float = 0.01):
-        super().__init__()
-        self.transp_conv = Upsample3d(
-            in_channels,
-            out_channels,
-            scale_factor=upsample_kernel_size,
-            mode='transposed',
-            bias=False)
-        self.conv_block = unetr_res_block(2 * out_channels, out_channels,
-                                          kernel_size, negative_slope)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        up = self.transp_conv(x)
-        if up.shape[2:] != skip.shape[2:]:
-            raise ValueError(f'{type(self).__name__}: the up-sampled input '
-                             f'{tuple(up.shape)} and the skip '
-                             f'{tuple(skip.shape)} differ in size')
-        return self.conv_block(torch.cat([up, skip], dim=1))
+def unetr_up_block(in_channels: int, out_channels: int, kernel_size: Size3,
+                   upsample_kernel_size: Size3) -> UnetrUpBlock:
+    """MONAI's ``UnetrUpBlock(res_block=True, norm_name='instance')`` (the
+    official ``decoder5`` .. ``decoder2``): ``(B, C_in, D, H, W)`` and a skip
+    ``(B, C_out, D·s, H·s, W·s)`` → a bias-free transposed conv (kernel =
+    stride = ``upsample_kernel_size``) to ``C_out``, concatenation ``[up,
+    skip]`` and the residual block of :func:`unetr_basic_block` from
+    ``2·C_out`` to ``C_out``; called as ``block(x, skip)``."""
+    return UnetrUpBlock(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel_size=kernel_size,
+        upsample_kernel_size=upsample_kernel_size,
+        norm_name=NORM_NAME,
+        res_block=True)
 
 
 @BACKBONES.register_module()
@@ -288,8 +290,6 @@ class EMMamba(nn.Module):
             (``(1, 3, 3)`` in the release's autoregressive pre-training
             network).
         upsample_kernel_size: kernel = stride of the transposed convs.
-        negative_slope: LeakyReLU slope of the decoder blocks (MONAI's
-            0.01).
         legacy_num_slices, mamba_residual, mamba_cfg, stem_kernel_size,
         stem_padding, downsample_kernel_size, gsc_kernel_size, mlp_ratio:
             see :class:`EMMambaEncoder`.
@@ -304,7 +304,6 @@ class EMMamba(nn.Module):
                  depths: Sequence[int] = (2, 2, 2, 2),
                  kernel_size: Size3 = (1, 5, 5),
                  upsample_kernel_size: Size3 = 2,
-                 negative_slope: float = 0.01,
                  legacy_num_slices: Optional[int] = None,
                  mamba_residual: bool = False,
                  mamba_cfg: Optional[dict] = None,
@@ -343,15 +342,14 @@ class EMMamba(nn.Module):
         skip_channels = (in_channels, ) + feat_size
         block_channels = feat_size + (hidden_size, )
         self.skip_blocks = nn.ModuleList(
-            unetr_res_block(c_in, c_out, kernel_size, negative_slope)
+            unetr_basic_block(c_in, c_out, kernel_size)
             for c_in, c_out in zip(skip_channels, block_channels))
         self.up_blocks = nn.ModuleList(
-            UnetrUpBlock3d(c_in, c_out, kernel_size, upsample_kernel_size,
-                           negative_slope)
+            unetr_up_block(c_in, c_out, kernel_size, upsample_kernel_size)
             for c_in, c_out in zip(block_channels[:0:-1],
                                    block_channels[-2::-1]))
-        self.decoder1 = unetr_res_block(feat_size[0], feat_size[0],
-                                        kernel_size, negative_slope)
+        self.decoder1 = unetr_basic_block(feat_size[0], feat_size[0],
+                                          kernel_size)
         self.final_conv = nn.Conv3d(feat_size[0], out_channels, 1)
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -376,7 +374,39 @@ class EMMamba(nn.Module):
         return self.final_conv(self.decoder1(h))
 
 
+#: ``(pattern, replacement)`` from the decoder keys of vistok checkpoints
+#: written before the MONAI blocks to MONAI's names (module docstring)
+LEGACY_DECODER_KEYS = (
+    (r'(.*(?:skip_blocks\.\d+|decoder1))\.(conv1|conv2)\.weight',
+     r'\1.layer.\2.conv.weight'),
+    (r'(.*(?:skip_blocks\.\d+|decoder1))\.shortcut\.0\.weight',
+     r'\1.layer.conv3.conv.weight'),
+    (r'(.*up_blocks\.\d+\.conv_block)\.(conv1|conv2)\.weight',
+     r'\1.\2.conv.weight'),
+    (r'(.*up_blocks\.\d+\.conv_block)\.shortcut\.0\.weight',
+     r'\1.conv3.conv.weight'),
+)
+
+
+def rename_legacy_decoder_keys(
+        state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A state dict of an :class:`EMMamba` (or of a model holding one, any
+    key prefix) saved before the decoder used MONAI's blocks, with its
+    decoder keys renamed to the current ones (:data:`LEGACY_DECODER_KEYS`);
+    other keys and all tensors are kept."""
+    renamed = {}
+    for key, value in state.items():
+        for pattern, replacement in LEGACY_DECODER_KEYS:
+            new_key, count = re.subn(f'^{pattern}$', replacement, key)
+            if count:
+                key = new_key
+                break
+        renamed[key] = value
+    return renamed
+
+
 __all__ = [
     'ARCH_SETTINGS', 'EMMamba', 'EMMambaEncoder', 'EMMambaLayer',
-    'ChannelMLP3d', 'UnetrUpBlock3d', 'unetr_res_block'
+    'ChannelMLP3d', 'unetr_basic_block', 'unetr_up_block',
+    'LEGACY_DECODER_KEYS', 'rename_legacy_decoder_keys'
 ]

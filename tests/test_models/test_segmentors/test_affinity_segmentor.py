@@ -126,11 +126,12 @@ def test_predict_segments_a_volume_by_sliding_windows():
     model = AffinitySegmentor(
         backbone=dict(type='OracleAffinityNetForTest'),
         postprocessor=dict(type='WatershedAgglomeration'),
-        # the oracle is wrong on the first slice of each window (zero
-        # padding); a negligible Gaussian floor lets the blend suppress that
-        # everywhere (the default 1e-3 floor ties it at volume corners)
+        # the oracle is wrong on the first slice / row / column of each
+        # window (zero padding); a Gaussian of σ = window / 4 keeps every
+        # weight above MONAI's 1e-3 floor (which would tie a wrong window at
+        # volume corners) and gives the wrong window under 30% of a voxel
         inference=dict(window=(4, 16, 16), overlap=0.5, batch_size=4,
-                       min_weight=1e-20))
+                       sigma_scale=0.25))
     gt = torch.from_numpy(labels)
     samples = [DataSample(gt_label=gt, metainfo=dict(volume_name='v0'))]
     data = dict(inputs=image[None], data_samples=samples)
@@ -142,7 +143,7 @@ def test_predict_segments_a_volume_by_sliding_windows():
     torch.testing.assert_close(
         affinities,
         sliding_window_inference(image, model.affinities, (4, 16, 16),
-                                 overlap=0.5, min_weight=1e-20))
+                                 overlap=0.5, sigma_scale=0.25))
     oracle = affinities_of((labels > 0).astype(np.int64))
     assert ((affinities.numpy() > 0.5) == (oracle > 0.5)).all()
     pred = out[0].pred_label

@@ -16,6 +16,9 @@ configs.
   the SeiT / SeiT++ tokenizer) -> AutoencoderTokenizer with ViT backbones
 * :mod:`.var_vqvae`: VAR's multi-scale VQVAE (``vae_ch160v4096z32.pth``)
   -> AutoencoderTokenizer with ``MultiScaleResidualQuantizer``
+* :mod:`.tokenunify_emmamba`: TokenUnify's EMmamba (ydchen0806/TokenUnify
+  ``SegMamba``, pre-trained and fine-tuned) -> EMMamba
+  (``projects/TokenUnify``) inside an AffinitySegmentor / pre-trainer
 * :mod:`.var`: VAR's transformers (``var_d16.pth`` ... ``var_d30.pth``) ->
   VARGenerator
 """

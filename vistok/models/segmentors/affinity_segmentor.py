@@ -14,15 +14,18 @@ from vistok.structures import DataSample
 from vistok.utils.partial_load import load_pretrained
 from .sliding_window import sliding_window_inference
 
-#: sliding-window settings of the official evaluation except the window,
-#: which is the training crop (16×160×160 for EMmamba) and set by configs
+#: sliding-window settings of the official evaluation (MONAI's
+#: ``sliding_window_inference(..., overlap=0.25, mode="gaussian")`` with its
+#: default ``sigma_scale`` and zero padding, ``src/inference_monai.py``)
+#: except the window, which is the training crop (16×160×160 for EMmamba)
+#: and set by configs; keyword arguments of
+#: :func:`~.sliding_window.sliding_window_inference`
 DEFAULT_INFERENCE = dict(
     window=None,
     overlap=0.25,
     batch_size=1,
     weighting='gaussian',
     sigma_scale=0.125,
-    min_weight=1e-3,
     pad_mode='constant',
     pad_value=0.0)
 NUM_AFFINITIES = 3
