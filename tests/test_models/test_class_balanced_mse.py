@@ -11,7 +11,9 @@ from vistok.registry import LOSSES
 
 def reference_loss(pred, target, mask, min_ratio=0.05, max_ratio=0.99,
                    channels_in_divisor=False):
-    """Official WeightedMSE with weight_binary_ratio, written with loops."""
+    """Official WeightedMSE with weight_binary_ratio per channel (the
+    ``separate_weight`` option), written with loops; the pooled default is
+    tested in test_class_balance_pooling.py."""
     pred, target = pred.numpy().astype(np.float64), target.numpy()
     mask = np.ones_like(target) if mask is None else mask.numpy()
     total = 0.0
@@ -31,7 +33,7 @@ def reference_loss(pred, target, mask, min_ratio=0.05, max_ratio=0.99,
 
 def test_weights_of_a_hand_made_map():
     target = torch.tensor([1., 0, 0, 0, 1, 1, 1, 0]).view(1, 2, 4)
-    weights = binary_ratio_weights(target)
+    weights = binary_ratio_weights(target, per_channel=True)
     # channel 0: f = 1/4 -> positives (1 - f) / f = 3; channel 1: f = 3/4
     # -> negatives f / (1 - f) = 3
     torch.testing.assert_close(
@@ -52,7 +54,8 @@ def test_loss_matches_the_official_formula(with_mask, divide_by_channels):
     target = (torch.rand(2, 3, 4, 6, 6) < torch.tensor(
         [0.9, 0.3, 0.5]).view(1, 3, 1, 1, 1)).float()
     mask = (torch.rand(2, 3, 4, 6, 6) > 0.2).float() if with_mask else None
-    loss = ClassBalancedMSELoss(divide_by_channels=divide_by_channels)
+    loss = ClassBalancedMSELoss(per_channel=True,
+                                divide_by_channels=divide_by_channels)
     value = loss(pred, target, mask)
     assert value.dtype == torch.float32 and value.ndim == 0
     assert value.item() == pytest.approx(

@@ -15,7 +15,9 @@ def snemi(name, z_range):
 
 train_dataloader = dict(dataset=dict(data_root=data_root,
                                      volumes=[snemi('AC4', (0, 80))]))
-val_dataloader = dict(dataset=dict(data_root=data_root,
+# scored as `voi/AC3`, ... against widened ground truth as MEC; the
+# official AC3 reader does not clip intensities
+val_dataloader = dict(dataset=dict(data_root=data_root, clip_max=None,
                                    volumes=[snemi('AC3', (0, 100))]))
 test_dataloader = val_dataloader
 del snemi

@@ -16,8 +16,10 @@ def cremi(name, z_range):
 train_dataloader = dict(dataset=dict(
     data_root=data_root,
     volumes=[cremi(n, (0, 100)) for n in 'ABC']))
+# scored per volume (`voi/cremiA`, ...) against widened ground truth as
+# MEC; the official CREMI reader does not clip intensities
 val_dataloader = dict(dataset=dict(
-    data_root=data_root,
+    data_root=data_root, clip_max=None,
     volumes=[cremi(n, (100, 125)) for n in 'ABC']))
 test_dataloader = val_dataloader
 del cremi

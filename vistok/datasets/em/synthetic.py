@@ -285,7 +285,7 @@ class SyntheticEMDataset(EMVolumeDataset):
                 name=name, shape=raw.shape, dtype=raw.dtype,
                 region=resolve_region(raw.shape, self.valid_region),
                 raw_path=None, raw_key=self.raw_key, label_path=None,
-                label_key=self.label_key))
+                label_key=self.label_key, clip_max=self.clip_max))
         return volumes
 
     def _read_block(self, volume_idx, kind, slices):

@@ -144,8 +144,8 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
         volumes: volume files: a path (a glob pattern is expanded, sorted)
             holding raw and labels, or a dict with ``raw`` (path) and
             optionally ``labels`` (path, default: the raw file),
-            ``raw_key``, ``label_key``, ``name`` and ``valid_region``
-            overriding the dataset-wide values for that volume.
+            ``raw_key``, ``label_key``, ``name``, ``valid_region`` and
+            ``clip_max`` overriding the dataset-wide values for that volume.
         crop_size: ``(D, H, W)`` of a crop (TokenUnify: 16 x 160 x 160).
         samples_per_epoch: ``len(dataset)`` in training (TokenUnify's
             fine-tuning uses 10000); each draw picks a volume and a crop.
@@ -162,6 +162,15 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
             (computed once, block by block, at initialisation) to 0 / 1 as
             TokenUnify's pre-training loader does; ``None`` keeps the
             stored values (float volumes already in [0, 1]).
+        clip_max: raw intensities above it are set to it before
+            ``normalize``, whose range is then that of the clipped values
+            (``'dtype'``: ``[0, min(clip_max, dtype max)]``). ``255``
+            reproduces TokenUnify's MEC test volume: ``Provider_valid``
+            (``src/provider_valid.py``, ydchen0806/TokenUnify@221674f,
+            branch ``'wafer'``) reads wafer 4 as ``np.where(data > 255,
+            255, data.astype('uint8'))`` and divides by 255, whatever the
+            stored dtype (for unsigned volumes, the same values). ``None``:
+            no clip.
         unlabelled_ids: label ids meaning "unlabelled", set to 0.
         relabel_consecutive: renumber each crop's ids to ``0, 1, ..., n``
             (0 stays 0); needed when ids exceed uint32, else an error.
@@ -188,6 +197,7 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
                  valid_region=None,
                  padding: Sequence[int] = (0, 0, 0),
                  normalize: Optional[str] = 'dtype',
+                 clip_max: Optional[float] = None,
                  unlabelled_ids: Sequence[int] = (CREMI_UNLABELLED, ),
                  relabel_consecutive: bool = False,
                  volume_sampling: str = 'uniform',
@@ -216,6 +226,7 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
         self.label_key = label_key
         self.valid_region = valid_region
         self.normalize = normalize
+        self.clip_max = self._check_clip_max(clip_max, 'clip_max')
         self.unlabelled_ids = tuple(int(i) for i in unlabelled_ids)
         self.relabel_consecutive = relabel_consecutive
         self.volume_sampling = volume_sampling
@@ -245,6 +256,16 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
             raise ValueError(f'{name} must be three (z, y, x) ints >= '
                              f'{minimum}, got {value!r}')
         return tuple(int(v) for v in items)
+
+    @staticmethod
+    def _check_clip_max(value, name: str) -> Optional[float]:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float,
+                                                             np.number)):
+            raise ValueError(f'{name} must be a number or None, got '
+                             f'{value!r}')
+        return float(value)
 
     # --- volumes -------------------------------------------------------
     def _expand_specs(self) -> List[dict]:
@@ -305,7 +326,10 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
                     shape, spec.get('valid_region', self.valid_region)),
                 raw_path=spec['raw'], raw_key=raw_key,
                 label_path=label_path if label_key is not None else None,
-                label_key=label_key))
+                label_key=label_key,
+                clip_max=self._check_clip_max(
+                    spec.get('clip_max', self.clip_max),
+                    f'clip_max of volume {name}')))
         return volumes
 
     def _read_block(self, volume_idx: int, kind: str,
@@ -340,8 +364,10 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
         return state
 
     def _raw_range(self, volume_idx: int) -> Tuple[float, float]:
-        """Intensity mapped to 0 and to 1 by ``normalize``."""
+        """Intensity mapped to 0 and to 1 by ``normalize``, after the
+        volume's ``clip_max``."""
         volume = self.volumes[volume_idx]
+        clip = volume['clip_max']
         if self.normalize is None:
             return 0.0, 1.0
         if self.normalize == 'dtype':
@@ -350,7 +376,8 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
                     f'raw of volume {volume["name"]} is {volume["dtype"]}: '
                     f"normalize='dtype' needs integers; use 'minmax' or "
                     f'None')
-            return 0.0, float(np.iinfo(volume['dtype']).max)
+            top = float(np.iinfo(volume['dtype']).max)
+            return 0.0, top if clip is None else min(top, clip)
         (z0, z1), (y0, y1), (x0, x1) = volume['region']
         step = max(1, MINMAX_BLOCK_VOXELS // ((y1 - y0) * (x1 - x0)))
         lo, hi = np.inf, -np.inf
@@ -359,6 +386,8 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
                 volume_idx, 'raw',
                 (slice(z, min(z + step, z1)), slice(y0, y1), slice(x0, x1)))
             lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+        if clip is not None:
+            lo, hi = min(lo, clip), min(hi, clip)
         return lo, hi
 
     # --- mmengine BaseDataset ------------------------------------------
@@ -443,6 +472,8 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
                           volume['region'], origin, size)
         lo, hi = volume['raw_range']
         raw = raw.astype(np.float32)
+        if volume['clip_max'] is not None:
+            raw = np.minimum(raw, np.float32(volume['clip_max']))
         raw = (raw - np.float32(lo)) / np.float32(hi - lo) if hi > lo else \
             np.zeros_like(raw)
         results = dict(

@@ -10,7 +10,20 @@ overlapping pair of segments, whatever the volume size). Samples sharing a
 ``volume_name`` are summed into one table first (disjoint parts of one
 volume whose labels are consistent across the parts); the scores are then
 computed per volume — VOI and ARAND of a volume are not averages of parts —
-and averaged over volumes with equal weight.
+reported per volume (``voi/<volume_name>``) and averaged over volumes with
+equal weight (``voi``).
+
+Boundary-widened ground truth (``widen_gt_boundaries=True``) is the
+protocol of TokenUnify's Table 1: the official evaluation
+(``src/inference_monai.py`` and ``src/engine_finetune2.py``, ydchen0806/
+TokenUnify@221674f) scores against the labels returned by
+``Trainset.valid_provide`` (``src/data_provider_labeled.py``), which with
+the configs' ``if_dilate: True`` are passed through ``seg_widen_border(label,
+tsz_h=1)`` (``data/data_segmentation.py``): every voxel whose 3 x 3 in-plane
+window holds more than one non-zero id becomes 0, and ``ignore_labels=(0)``
+then leaves it out. The unwidened score (the official ``Provider_valid``
+path scores against its ``labels_origin``) is the default and, next to the
+widened one, ``report_unwidened=True``.
 """
 from abc import abstractmethod
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -18,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from mmengine.evaluator import BaseMetric
 
+from vistok.datasets.em.affinity import widen_label_boundaries
 from vistok.registry import METRICS
 
 Table = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -121,10 +135,20 @@ def adapted_rand_error(table: Table,
     return float(1.0 - fscore), float(precision), float(recall)
 
 
+#: suffix of the keys scored against the unwidened ground truth
+UNWIDENED_SUFFIX = '_unwidened'
+
+
 class ContingencyMetric(BaseMetric):
     """Base of metrics computed per volume from contingency tables of
     ``pred_label`` against ``gt_label`` (integer ``(D, H, W)`` arrays or
     tensors of each predicted sample).
+
+    Keys: ``<score>`` is the mean over volumes; with ``per_volume``, each
+    named volume (its ``group_key`` metainfo, e.g. ``volume_name``) also
+    gets ``<score>/<volume>``; with ``report_unwidened``, the same keys
+    scored against the unwidened ground truth end in ``_unwidened``
+    (``voi_unwidened``, ``voi_unwidened/wafer4``).
 
     Args:
         ignore_labels: ground-truth labels whose voxels are not counted
@@ -132,17 +156,72 @@ class ContingencyMetric(BaseMetric):
         group_key: metainfo key whose equal values mark parts of one volume
             (their tables are summed); ``None`` or a missing key: every
             sample is its own volume.
+        widen_gt_boundaries: score against the ground truth widened by
+            :func:`vistok.datasets.em.affinity.widen_label_boundaries`
+            (in-plane, slice by slice, the widening of the affinity
+            targets: TokenUnify's Table 1 protocol, see the module
+            docstring); the widened voxels become 0, so 0 must be in
+            ``ignore_labels``. Each sample is widened on its own with
+            mirrored borders, so give whole test volumes (the official
+            widens the whole test volume): a grid of crops would widen
+            differently along the crop borders.
+        widen_radius: half width of the in-plane window (official: 1).
+        report_unwidened: also report the scores against the unwidened
+            ground truth (keys ending in ``_unwidened``); only with
+            ``widen_gt_boundaries``.
+        per_volume: report ``<score>/<volume>`` for each named volume.
         collect_device, prefix: see ``mmengine.evaluator.BaseMetric``.
     """
 
     def __init__(self,
                  ignore_labels: Sequence[int] = (0, ),
                  group_key: Optional[str] = 'volume_name',
+                 widen_gt_boundaries: bool = False,
+                 widen_radius: int = 1,
+                 report_unwidened: bool = False,
+                 per_volume: bool = True,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
-        self.ignore_labels = tuple(ignore_labels)
+        self.ignore_labels = tuple(int(i) for i in ignore_labels)
+        if widen_gt_boundaries and 0 not in self.ignore_labels:
+            raise ValueError(
+                f'widen_gt_boundaries sets the widened boundary voxels to '
+                f'0, which must then be ignored: add 0 to ignore_labels '
+                f'(got {self.ignore_labels})')
+        if isinstance(widen_radius, bool) or not isinstance(
+                widen_radius, int) or widen_radius < 1:
+            raise ValueError(f'widen_radius must be an int >= 1, got '
+                             f'{widen_radius!r}')
+        if report_unwidened and not widen_gt_boundaries:
+            raise ValueError('report_unwidened=True needs '
+                             'widen_gt_boundaries=True (without widening '
+                             'the scores are already the unwidened ones)')
         self.group_key = group_key
+        self.widen_gt_boundaries = widen_gt_boundaries
+        self.widen_radius = widen_radius
+        self.report_unwidened = report_unwidened
+        self.per_volume = per_volume
+
+    def _tables(self, gt_label, pred_label) -> Dict[str, Table]:
+        """Contingency tables by key suffix: ``''`` the scored one,
+        ``UNWIDENED_SUFFIX`` the unwidened one when reported."""
+        if not self.widen_gt_boundaries:
+            return {'': contingency_table(gt_label, pred_label,
+                                          self.ignore_labels)}
+        gt = _as_label_array(gt_label, 'gt_label')
+        if gt.ndim != 3:
+            raise ValueError(
+                f'{type(self).__name__}(widen_gt_boundaries=True) widens '
+                f'(D, H, W) ground truth in-plane, got gt_label of shape '
+                f'{gt.shape}')
+        tables = {'': contingency_table(
+            widen_label_boundaries(gt, self.widen_radius), pred_label,
+            self.ignore_labels)}
+        if self.report_unwidened:
+            tables[UNWIDENED_SUFFIX] = contingency_table(
+                gt, pred_label, self.ignore_labels)
+        return tables
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         for sample in data_samples:
@@ -151,35 +230,42 @@ class ContingencyMetric(BaseMetric):
                     raise KeyError(f'{type(self).__name__} needs "{key}" in '
                                    f'every data sample, got keys '
                                    f'{sorted(sample)}')
-            gt_ids, pred_ids, counts = contingency_table(
-                sample['gt_label'], sample['pred_label'], self.ignore_labels)
             volume = (sample.get(self.group_key)
                       if self.group_key is not None else None)
-            self.results.append(
-                dict(volume=volume, gt=gt_ids, pred=pred_ids, counts=counts))
+            # one result per sample: mmengine's collect_results keeps the
+            # first `len(dataset)` results (and interleaves ranks by them)
+            self.results.append(dict(volume=volume, tables=self._tables(
+                sample['gt_label'], sample['pred_label'])))
 
     @abstractmethod
     def volume_scores(self, table: Table) -> Dict[str, float]:
         """Named scores of one volume's contingency table."""
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
-        groups, singles = {}, []
-        for result in results:
-            if result['volume'] is None:
-                singles.append([result])
-            else:
-                groups.setdefault(result['volume'], []).append(result)
-        scores = []
-        for parts in list(groups.values()) + singles:
-            table = _sum_table(
-                np.concatenate([r['gt'] for r in parts]),
-                np.concatenate([r['pred'] for r in parts]),
-                np.concatenate([r['counts'] for r in parts]))
-            scores.append(self.volume_scores(table))
-        return {
-            name: float(np.mean([s[name] for s in scores]))
-            for name in scores[0]
-        }
+        metrics = {}
+        for suffix in results[0]['tables']:
+            groups, singles = {}, []
+            for result in results:
+                part = result['tables'][suffix]
+                if result['volume'] is None:
+                    singles.append((None, [part]))
+                else:
+                    groups.setdefault(result['volume'], []).append(part)
+            scores = []
+            for volume, parts in list(groups.items()) + singles:
+                table = _sum_table(*(np.concatenate([p[i] for p in parts])
+                                     for i in range(3)))
+                scores.append((volume, self.volume_scores(table)))
+            for name in scores[0][1]:
+                metrics[name + suffix] = float(
+                    np.mean([s[name] for _, s in scores]))
+            if self.per_volume:
+                for volume, score in scores:
+                    if volume is not None:
+                        metrics.update({
+                            f'{name}{suffix}/{volume}': value
+                            for name, value in score.items()})
+        return metrics
 
 
 @METRICS.register_module()
@@ -194,7 +280,8 @@ class VOI(ContingencyMetric):
         log_base: base of the logarithm. Default 2 (bits): scikit-image 0.26
             and waterz compute in bits, so this matches the official
             evaluation and the published tables; ``math.e`` gives nats.
-        ignore_labels, group_key, collect_device, prefix: see
+        ignore_labels, group_key, widen_gt_boundaries, widen_radius,
+            report_unwidened, per_volume, collect_device, prefix: see
             :class:`ContingencyMetric`.
     """
 
@@ -220,7 +307,8 @@ class AdaptedRandError(ContingencyMetric):
 
     Args:
         alpha: weight of the precision term in the F-score (0.5: equal).
-        ignore_labels, group_key, collect_device, prefix: see
+        ignore_labels, group_key, widen_gt_boundaries, widen_radius,
+            report_unwidened, per_volume, collect_device, prefix: see
             :class:`ContingencyMetric`.
     """
 

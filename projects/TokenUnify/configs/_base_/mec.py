@@ -27,6 +27,9 @@ seg_train_dataloader = dict(
                  volumes=[wafer(w) for w in train_wafers],
                  crop_size=crop_size, samples_per_epoch=10000,
                  pipeline=[affinities, pack]))
+# Test intensities: the official reader of wafer 4 clips to 255 before
+# dividing by 255 (`src/provider_valid.py`, branch 'wafer'); `clip_max=255`
+# does that for both test wafers (a no-op on uint8 volumes).
 seg_test_dataloader = dict(
     batch_size=1,
     num_workers=1,
@@ -34,7 +37,15 @@ seg_test_dataloader = dict(
     dataset=dict(type='EMVolumeDataset', data_root=data_root,
                  volumes=[wafer(w) for w in test_wafers],
                  crop_size=crop_size, test_mode=True, test_crops='whole',
-                 pipeline=[affinities, pack]))
+                 clip_max=255, pipeline=[affinities, pack]))
+# Table 1 protocol (`src/inference_monai.py` on `Trainset.valid_provide`,
+# `if_dilate: True`): VOI / ARAND against the ground truth with boundaries
+# widened in-plane like the affinity targets (widened voxels -> 0, ignored),
+# per test volume (`voi_merge/wafer4`, `arand/wafer36_2`, ...) and the mean
+# (`voi`, `arand`); `*_unwidened` keys score against the stored labels.
+table1_gt = dict(widen_gt_boundaries=True, report_unwidened=True)
+seg_evaluator = [dict(type='VOI', **table1_gt),
+                 dict(type='AdaptedRandError', **table1_gt)]
 pretrain_dataloader = dict(
     batch_size=20,
     num_workers=4,
@@ -44,4 +55,4 @@ pretrain_dataloader = dict(
                  volumes=['*.h5'], raw_key='main', label_key=None,
                  normalize='minmax', crop_size=crop_size,
                  samples_per_epoch=10000, pipeline=[pack]))
-del wafer
+del wafer, table1_gt
