@@ -15,28 +15,35 @@ from .synthetic import (
 )
 from .transforms import (
     EMCenterCrop,
+    EMCutout,
     EMElasticDeform,
+    EMGaussianBlur,
+    EMGaussianNoise,
     EMIntensityJitter,
     EMMisalignment,
     EMMissingSection,
     EMMotionBlur,
     EMRandomFlip,
+    EMRandomPerturbation,
     EMRandomRotate90,
     PackEMInputs,
+    gaussian_kernel_1d,
 )
 from .volume_dataset import (
     CREMI_UNLABELLED,
     EMVolumeDataset,
+    NiftiVolume,
     read_window,
     resolve_region,
 )
 
 __all__ = [
-    'CREMI_UNLABELLED', 'EMCenterCrop', 'EMElasticDeform',
-    'EMIntensityJitter', 'EMMisalignment', 'EMMissingSection', 'EMMotionBlur',
-    'EMRandomFlip', 'EMRandomRotate90', 'EMVolumeDataset',
-    'GenerateAffinities', 'NEAREST_NEIGHBOUR_OFFSETS', 'PackEMInputs',
-    'SyntheticEMDataset', 'SyntheticEMVolume', 'affinities_from_labels',
-    'read_window', 'resolve_region', 'widen_label_boundaries',
-    'write_synthetic_h5'
+    'CREMI_UNLABELLED', 'EMCenterCrop', 'EMCutout', 'EMElasticDeform',
+    'EMGaussianBlur', 'EMGaussianNoise', 'EMIntensityJitter',
+    'EMMisalignment', 'EMMissingSection', 'EMMotionBlur', 'EMRandomFlip',
+    'EMRandomPerturbation', 'EMRandomRotate90', 'EMVolumeDataset',
+    'GenerateAffinities', 'NEAREST_NEIGHBOUR_OFFSETS', 'NiftiVolume',
+    'PackEMInputs', 'SyntheticEMDataset', 'SyntheticEMVolume',
+    'affinities_from_labels', 'gaussian_kernel_1d', 'read_window',
+    'resolve_region', 'widen_label_boundaries', 'write_synthetic_h5'
 ]

@@ -13,7 +13,9 @@ The set follows the EM augmentations of Lee et al., 2017 ("Superhuman
 accuracy on the SNEMI3D connectomics challenge") as packaged by
 pytorch_connectomics and used by TokenUnify: flips / transposes,
 rotations, grey-value jitter, elastic warps, missing sections,
-misalignment and motion blur. Randomness comes from the global
+misalignment and motion blur; plus TokenUnify's pre-training input
+perturbations (Gaussian noise, Gaussian blur, cutout: from dbMiM, see
+below). Randomness comes from the global
 ``np.random`` so that :class:`vistok.datasets.base.SeededDatasetMixin`
 makes it a function of the draw's seed.
 """
@@ -448,3 +450,268 @@ class PackEMInputs(BaseTransform):
 
     def __repr__(self):
         return f'{type(self).__name__}(meta_keys={self.meta_keys})'
+
+
+# --- pre-training input perturbations ---------------------------------------
+# TokenUnify's pre-training providers (``dataloader/data_provider_pretraining
+# .py`` and ``..._autoregress.py``, ydchen0806/TokenUnify@221674f) perturb
+# the input (never the target) with ``if random.random() > 0.5:
+# apply_perturbations(...)``, which picks ONE of the enabled perturbations
+# uniformly (``random.choice``); only Gaussian noise, Gaussian blur and
+# cutout can be enabled, by ``config/pretraining_all.yaml``. TokenUnify's
+# release lacks that config and the module implementing them
+# (``utils/consistency_aug_perturbations.py``); the numbers below are
+# therefore **from dbMiM, not TokenUnify's release**: the same author's
+# ydchen0806/dbMiM ships both (module at commit 939d70f, config
+# ``config/pretraining_all.yaml`` at commit fdd9443; both deleted in later
+# commits).
+
+#: dbMiM ``pretraining_all.yaml``: ``min_noise_std`` / ``max_noise_std``
+DBMIM_NOISE_STD = (0.01, 0.2)
+#: dbMiM ``pretraining_all.yaml``: ``min_kernel_size`` / ``max_kernel_size``
+DBMIM_BLUR_KERNEL = (3, 9)
+#: dbMiM ``pretraining_all.yaml``: ``min_sigma`` / ``max_sigma``
+DBMIM_BLUR_SIGMA = (0.0, 2.0)
+#: dbMiM ``Cutout`` for every ``model_type`` but ``'mala'`` (its
+#: ``pretraining_all.yaml`` has ``model_type: 'SWINUNETR'``): box sizes
+#: z in [5, 10], y = x in [10, 20], 60 to 100 boxes, all inclusive
+DBMIM_CUTOUT_SIZE_Z = (5, 10)
+DBMIM_CUTOUT_SIZE_YX = (10, 20)
+DBMIM_CUTOUT_COUNT = (60, 100)
+#: OpenCV's fixed kernels for ``sigma <= 0`` (``cv::getGaussianKernel``,
+#: opencv-python 5.0 as pinned; checked in the tests); other sizes use
+#: OpenCV's ``sigma = 0.3 * ((ksize - 1) / 2 - 1) + 0.8``
+_CV2_SMALL_KERNELS = {
+    1: (1.0, ),
+    3: (0.25, 0.5, 0.25),
+    5: (0.0625, 0.25, 0.375, 0.25, 0.0625),
+    7: (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125),
+    9: (0.015625, 0.05078125, 0.1171875, 0.19921875, 0.234375, 0.19921875,
+        0.1171875, 0.05078125, 0.015625),
+}
+
+
+def _check_range(value, name: str, low_bound: float = 0.0) -> tuple:
+    pair = tuple(value) if isinstance(value, (list, tuple)) else None
+    if (pair is None or len(pair) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+            for v in pair) or not low_bound <= pair[0] <= pair[1]):
+        raise ValueError(f'{name} must be a (low, high) pair with '
+                         f'{low_bound} <= low <= high, got {value!r}')
+    return pair
+
+
+def _check_prob(prob) -> float:
+    if isinstance(prob, bool) or not 0.0 <= prob <= 1.0:
+        raise ValueError(f'prob must be in [0, 1], got {prob!r}')
+    return float(prob)
+
+
+def gaussian_kernel_1d(size: int, sigma: float) -> np.ndarray:
+    """OpenCV's ``getGaussianKernel(size, sigma)``: normalised
+    ``exp(-(i - (size - 1) / 2)**2 / (2 sigma**2))``; for ``sigma <= 0``
+    OpenCV's fixed kernels (``size <= 9``) or ``sigma = 0.3 * ((size - 1)
+    / 2 - 1) + 0.8``."""
+    if sigma <= 0:
+        if size in _CV2_SMALL_KERNELS:
+            return np.array(_CV2_SMALL_KERNELS[size])
+        sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
+    x = np.arange(size) - (size - 1) / 2
+    kernel = np.exp(-x**2 / (2 * sigma * sigma))
+    return kernel / kernel.sum()
+
+
+@TRANSFORMS.register_module()
+class EMGaussianNoise(BaseTransform):
+    """Additive Gaussian noise on ``raw``, from dbMiM, not TokenUnify's
+    release (``GaussNoise`` with ``norm_mode='trunc'`` as its pre-training
+    provider builds it): ``clip(raw + N(0, std**2), 0, 1)`` per voxel, with
+    ``std`` uniform in ``std_range`` once per sample. Labels unchanged.
+
+    Args:
+        std_range: ``(low, high)`` of the noise std (dbMiM: 0.01, 0.2).
+        prob: probability of applying it (0.5, the probability of the
+            official perturbation step; use 1.0 inside
+            :class:`EMRandomPerturbation`).
+    """
+
+    def __init__(self, std_range: Sequence[float] = DBMIM_NOISE_STD,
+                 prob: float = 0.5):
+        self.std_range = _check_range(std_range, 'std_range')
+        self.prob = _check_prob(prob)
+
+    @cache_randomness
+    def _draw(self) -> Optional[float]:
+        apply = np.random.rand() < self.prob
+        std = float(np.random.uniform(*self.std_range))
+        return std if apply else None
+
+    def transform(self, results: dict) -> dict:
+        std = self._draw()
+        if std is not None:
+            raw = results['raw']
+            noise = np.random.standard_normal(raw.shape).astype(np.float32)
+            results['raw'] = np.clip(raw + np.float32(std) * noise, 0, 1,
+                                     dtype=np.float32)
+        return results
+
+    def __repr__(self):
+        return (f'{type(self).__name__}(std_range={self.std_range}, '
+                f'prob={self.prob})')
+
+
+@TRANSFORMS.register_module()
+class EMGaussianBlur(BaseTransform):
+    """In-plane Gaussian blur of every z-section of ``raw``, from dbMiM,
+    not TokenUnify's release (``GaussBlur`` / ``add_gauss_blur``:
+    ``cv2.GaussianBlur(section, (k, k), sigma)`` then a clip to [0, 1]):
+    an odd kernel size ``k = 2 * randint(low // 2, high // 2) + 1`` (dbMiM:
+    3, 5, 7 or 9) and ``sigma`` uniform in ``sigma_range`` (dbMiM: 0 to 2;
+    ``sigma <= 0`` means OpenCV's default for ``k``), once per sample. The
+    separable kernel is :func:`gaussian_kernel_1d` and the border is
+    OpenCV's default ``BORDER_REFLECT_101`` (scipy's ``'mirror'``). Labels
+    unchanged.
+
+    Args:
+        kernel_size: ``(low, high)`` kernel sizes (dbMiM: 3, 9).
+        sigma_range: ``(low, high)`` of sigma in pixels (dbMiM: 0, 2).
+        prob: probability of applying it.
+    """
+
+    def __init__(self, kernel_size: Sequence[int] = DBMIM_BLUR_KERNEL,
+                 sigma_range: Sequence[float] = DBMIM_BLUR_SIGMA,
+                 prob: float = 0.5):
+        low, high = _check_range(kernel_size, 'kernel_size', 1)
+        if not (isinstance(low, int) and isinstance(high, int)):
+            raise ValueError(f'kernel_size must hold ints, got '
+                             f'{kernel_size!r}')
+        self.kernel_size = (low, high)
+        self.sigma_range = _check_range(sigma_range, 'sigma_range')
+        self.prob = _check_prob(prob)
+
+    @cache_randomness
+    def _draw(self) -> Optional[Tuple[int, float]]:
+        apply = np.random.rand() < self.prob
+        low, high = self.kernel_size
+        size = 2 * int(np.random.randint(low // 2, high // 2 + 1)) + 1
+        sigma = float(np.random.uniform(*self.sigma_range))
+        return (size, sigma) if apply else None
+
+    def transform(self, results: dict) -> dict:
+        draw = self._draw()
+        if draw is not None:
+            kernel = gaussian_kernel_1d(*draw)
+            raw = np.asarray(results['raw'], dtype=np.float32)
+            for axis in (1, 2):
+                raw = ndimage.correlate1d(raw, kernel, axis=axis,
+                                          mode='mirror')
+            results['raw'] = np.clip(raw, 0, 1, dtype=np.float32)
+        return results
+
+    def __repr__(self):
+        return (f'{type(self).__name__}(kernel_size={self.kernel_size}, '
+                f'sigma_range={self.sigma_range}, prob={self.prob})')
+
+
+@TRANSFORMS.register_module()
+class EMCutout(BaseTransform):
+    """Cutout of ``raw``, from dbMiM, not TokenUnify's release (``Cutout``
+    / ``gen_mask``, the non-``'mala'`` sizes): ``count`` boxes of one size
+    ``(size_z, size_yx, size_yx)``, all drawn once per sample uniformly in
+    their inclusive ranges, each at a uniform position inside the volume,
+    are set to ``fill_value`` (dbMiM multiplies by a 0 / 1 mask: 0).
+    Boxes may overlap. A box larger than the volume is clipped to it
+    (INFERRED: dbMiM's ``random.randint`` would fail). Labels unchanged.
+
+    Args:
+        size_z, size_yx: ``(low, high)`` box sizes in voxels
+            (dbMiM: 5-10 and 10-20).
+        count: ``(low, high)`` number of boxes (dbMiM: 60-100).
+        fill_value: value of the cut voxels.
+        prob: probability of applying it.
+    """
+
+    def __init__(self, size_z: Sequence[int] = DBMIM_CUTOUT_SIZE_Z,
+                 size_yx: Sequence[int] = DBMIM_CUTOUT_SIZE_YX,
+                 count: Sequence[int] = DBMIM_CUTOUT_COUNT,
+                 fill_value: float = 0.0, prob: float = 0.5):
+        for name, value in (('size_z', size_z), ('size_yx', size_yx),
+                            ('count', count)):
+            pair = _check_range(value, name, 1)
+            if not all(isinstance(v, int) for v in pair):
+                raise ValueError(f'{name} must hold ints, got {value!r}')
+            setattr(self, name, pair)
+        self.fill_value = float(fill_value)
+        self.prob = _check_prob(prob)
+
+    @cache_randomness
+    def _draw(self, shape: Sequence[int]) -> Optional[np.ndarray]:
+        """``(count, 6)`` boxes ``(z0, y0, x0, dz, dy, dx)`` or None."""
+        apply = np.random.rand() < self.prob
+        count = int(np.random.randint(self.count[0], self.count[1] + 1))
+        size_z = int(np.random.randint(self.size_z[0], self.size_z[1] + 1))
+        size_yx = int(np.random.randint(self.size_yx[0],
+                                        self.size_yx[1] + 1))
+        if not apply:
+            return None
+        size = np.minimum((size_z, size_yx, size_yx), shape)
+        starts = np.random.randint(0, np.asarray(shape) - size + 1,
+                                   (count, 3))
+        return np.concatenate([starts, np.broadcast_to(size, (count, 3))],
+                              axis=1)
+
+    def transform(self, results: dict) -> dict:
+        boxes = self._draw(results['raw'].shape)
+        if boxes is not None:
+            raw = np.array(results['raw'], dtype=np.float32)
+            for z, y, x, dz, dy, dx in boxes:
+                raw[z:z + dz, y:y + dy, x:x + dx] = self.fill_value
+            results['raw'] = raw
+        return results
+
+    def __repr__(self):
+        return (f'{type(self).__name__}(size_z={self.size_z}, '
+                f'size_yx={self.size_yx}, count={self.count}, '
+                f'fill_value={self.fill_value}, prob={self.prob})')
+
+
+@TRANSFORMS.register_module()
+class EMRandomPerturbation(BaseTransform):
+    """With probability ``prob``, apply ONE of ``transforms``, chosen
+    uniformly: TokenUnify's pre-training perturbation step
+    (``if random.random() > 0.5: apply_perturbations(...)`` with
+    ``random.choice`` over the enabled perturbations,
+    ``dataloader/data_provider_pretraining.py``, TokenUnify@221674f). Each
+    of ``n`` children is thus applied with probability ``prob / n`` (1/6
+    for the official three); give the children ``prob=1.0``, their own
+    probability multiplies.
+
+    Args:
+        transforms: transform configs (built with vistok's ``TRANSFORMS``)
+            or callables.
+        prob: probability of applying one of them.
+    """
+
+    def __init__(self, transforms: Sequence, prob: float = 0.5):
+        if not transforms:
+            raise ValueError('EMRandomPerturbation needs at least one '
+                             'transform')
+        self.transforms = [TRANSFORMS.build(t) if isinstance(t, dict) else t
+                           for t in transforms]
+        self.prob = _check_prob(prob)
+
+    @cache_randomness
+    def _draw(self) -> Optional[int]:
+        apply = np.random.rand() < self.prob
+        choice = int(np.random.randint(len(self.transforms)))
+        return choice if apply else None
+
+    def transform(self, results: dict) -> dict:
+        choice = self._draw()
+        if choice is None:
+            return results
+        return self.transforms[choice](results)
+
+    def __repr__(self):
+        return (f'{type(self).__name__}(transforms={self.transforms}, '
+                f'prob={self.prob})')

@@ -19,6 +19,11 @@ Volumes are ``(D, H, W)`` = ``(z, y, x)``. Supported layouts:
   ``*_labels.h5`` files with the key ``main``: give a volume as
   ``dict(raw='AC4_inputs.h5', labels='AC4_labels.h5', raw_key='main',
   label_key='main')``.
+* NIfTI (``.nii`` / ``.nii.gz``, e.g. the non-EM volumes of TokenUnify's
+  pre-training corpus): read lazily through nibabel's array proxy
+  (:class:`NiftiVolume`); ``raw_key`` / ``label_key`` name no dataset there
+  (any non-None key reads the file's one array). nibabel is optional
+  (``pip install nibabel``).
 """
 import glob
 import os
@@ -94,6 +99,71 @@ def read_window(read_block, region: Region, origin: Sequence[int],
     return block
 
 
+NIFTI_SUFFIXES = ('.nii', '.nii.gz')
+#: NIfTI stores (i, j, k) = (x, y, z); this permutation reads it as (z, y, x)
+NIFTI_ZYX = (2, 1, 0)
+
+
+def is_nifti(path: str) -> bool:
+    return path.lower().endswith(NIFTI_SUFFIXES)
+
+
+class NiftiVolume:
+    """A 3-D NIfTI volume read lazily: slicing reads only the requested
+    block through nibabel's ``ArrayProxy`` (``img.dataobj``; for ``.nii``
+    a memory map / seek, for ``.nii.gz`` a streamed decompression), scaled
+    by the header's ``scl_slope`` / ``scl_inter`` as nibabel does; the
+    volume is never loaded whole (TokenUnify's reader calls
+    ``get_fdata()`` on every sample, ``dataloader/
+    data_provider_pretraining.py``).
+
+    ``axes`` permutes the stored axes into the volume's ``(D, H, W)``:
+    the default :data:`NIFTI_ZYX` reads NIfTI's ``(x, y, z)`` as vistok's
+    ``(z, y, x)`` (as dbMiM's reader, ``np.transpose(img, (2, 1, 0))``);
+    ``(0, 1, 2)`` keeps the stored order, as TokenUnify's release (the
+    transpose is commented out there). 4-D volumes (TokenUnify picks a
+    random 4th index) are refused.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        axes: permutation of ``(0, 1, 2)``.
+    """
+
+    def __init__(self, path: str, axes: Sequence[int] = NIFTI_ZYX):
+        try:
+            import nibabel
+        except ImportError:
+            raise ImportError(f'reading the NIfTI volume {path} needs '
+                              f'nibabel: pip install nibabel') from None
+        if sorted(axes) != [0, 1, 2]:
+            raise ValueError(f'nifti_axes must be a permutation of (0, 1, '
+                             f'2), got {tuple(axes)!r}')
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'EM volume file {path} does not exist')
+        try:
+            self.proxy = nibabel.load(path).dataobj
+        except Exception as err:  # nibabel raises several types
+            raise OSError(f'cannot open {path} as a NIfTI file '
+                          f'({err})') from None
+        if len(self.proxy.shape) != 3:
+            raise ValueError(f'NIfTI file {path} has shape '
+                             f'{self.proxy.shape}; EM volumes are 3-D')
+        self.path = path
+        self.axes = tuple(int(a) for a in axes)
+        self.ndim = 3
+        self.shape = tuple(self.proxy.shape[a] for a in self.axes)
+        # dtype after the header's scaling, as slices return it
+        self.dtype = self[(slice(0, 1), ) * 3].dtype
+
+    def __getitem__(self, slices: Tuple[slice, ...]) -> np.ndarray:
+        stored = [None] * 3
+        for axis, sl in zip(self.axes, slices):
+            stored[axis] = sl
+        block = np.asarray(self.proxy[tuple(stored)])
+        return np.ascontiguousarray(block.transpose(
+            np.argsort(self.axes)))
+
+
 def _open_h5(path: str) -> h5py.File:
     if not osp.isfile(path):
         raise FileNotFoundError(f'EM volume file {path} does not exist')
@@ -142,7 +212,10 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
 
     Args:
         volumes: volume files: a path (a glob pattern is expanded, sorted)
-            holding raw and labels, or a dict with ``raw`` (path) and
+            holding raw and labels, a list of glob patterns expanded
+            together (an error only if none matches; e.g. TokenUnify's
+            pre-training corpus ``['*hdf/*.h5', '*hdf/*.nii.gz']``), or a
+            dict with ``raw`` (path, pattern or list of patterns) and
             optionally ``labels`` (path, default: the raw file),
             ``raw_key``, ``label_key``, ``name``, ``valid_region`` and
             ``clip_max`` overriding the dataset-wide values for that volume.
@@ -183,6 +256,9 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
         grid_stride: ``(z, y, x)`` stride of the grid (default
             ``crop_size``); the last crop of an axis ends at the region's
             end.
+        nifti_axes: stored axes of NIfTI volumes read as ``(D, H, W)``
+            (see :class:`NiftiVolume`; ``(0, 1, 2)`` = TokenUnify's
+            release).
         pipeline, test_mode, lazy_init, max_refetch: as in
             ``mmengine.dataset.BaseDataset``.
     """
@@ -203,6 +279,7 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
                  volume_sampling: str = 'uniform',
                  test_crops: str = 'whole',
                  grid_stride: Optional[Sequence[int]] = None,
+                 nifti_axes: Sequence[int] = NIFTI_ZYX,
                  pipeline=(),
                  test_mode: bool = False,
                  lazy_init: bool = False,
@@ -231,6 +308,7 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
         self.relabel_consecutive = relabel_consecutive
         self.volume_sampling = volume_sampling
         self.test_crops = test_crops
+        self.nifti_axes = tuple(nifti_axes)
         self.volumes: List[dict] = []
         self._handles_pid = None
         self._files, self._datasets = {}, {}
@@ -273,19 +351,24 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
         root = self.data_root or ''
         specs = []
         for entry in self.volume_specs:
-            spec = dict(raw=entry) if isinstance(entry, str) else dict(entry)
+            spec = (dict(raw=entry) if isinstance(entry, (str, list, tuple))
+                    else dict(entry))
             if 'raw' not in spec:
                 raise ValueError(f'volume entry {entry!r} has no `raw` path')
-            raw = osp.join(root, spec['raw'])
-            paths = [raw]
-            if glob.has_magic(raw):
+            patterns = spec['raw']
+            patterns = ([patterns] if isinstance(patterns, str)
+                        else list(patterns))
+            patterns = [osp.join(root, p) for p in patterns]
+            paths = patterns
+            if len(patterns) > 1 or glob.has_magic(patterns[0]):
                 if spec.get('labels') or spec.get('name'):
                     raise ValueError(f'volume entry {entry!r}: a glob '
                                      f'pattern cannot take `labels` / `name`')
-                paths = sorted(glob.glob(raw))
+                paths = sorted({path for p in patterns
+                                for path in glob.glob(p)})
                 if not paths:
                     raise FileNotFoundError(
-                        f'no EM volume file matches {raw}')
+                        f'no EM volume file matches {" or ".join(patterns)}')
             labels = spec.get('labels')
             specs.extend(
                 dict(spec, raw=path,
@@ -303,23 +386,23 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
             raw_key = spec.get('raw_key', self.raw_key)
             label_key = spec.get('label_key', self.label_key)
             label_path = spec['labels']
-            with _open_h5(spec['raw']) as f:
-                raw = _h5_dataset(f, spec['raw'], raw_key)
-                shape, dtype = raw.shape, raw.dtype
+            shape, dtype = self._describe(spec['raw'], raw_key)
             if label_key is not None:
-                with _open_h5(label_path) as f:
-                    labels = _h5_dataset(f, label_path, label_key)
-                    if labels.shape != shape:
-                        raise ValueError(
-                            f'labels {label_path}:{label_key} have shape '
-                            f'{labels.shape} but raw {spec["raw"]}:'
-                            f'{raw_key} has shape {shape}')
-                    if labels.dtype.kind not in 'iu':
-                        raise ValueError(
-                            f'labels {label_path}:{label_key} are '
-                            f'{labels.dtype}, not integer ids')
-            name = spec.get('name') or osp.splitext(
-                osp.basename(spec['raw']))[0]
+                labels_shape, labels_dtype = self._describe(
+                    label_path, label_key)
+                if labels_shape != shape:
+                    raise ValueError(
+                        f'labels {label_path}:{label_key} have shape '
+                        f'{labels_shape} but raw {spec["raw"]}:'
+                        f'{raw_key} has shape {shape}')
+                if labels_dtype.kind not in 'iu':
+                    raise ValueError(
+                        f'labels {label_path}:{label_key} are '
+                        f'{labels_dtype}, not integer ids')
+            base = osp.basename(spec['raw'])
+            name = spec.get('name') or (
+                base[:-len('.gz')] if base.lower().endswith('.gz')
+                else base).rsplit('.', 1)[0]
             volumes.append(dict(
                 name=name, shape=tuple(shape), dtype=np.dtype(dtype),
                 region=resolve_region(
@@ -331,6 +414,15 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
                     spec.get('clip_max', self.clip_max),
                     f'clip_max of volume {name}')))
         return volumes
+
+    def _describe(self, path: str, key: str) -> Tuple[tuple, np.dtype]:
+        """Shape and dtype of ``path:key`` (HDF5) or of a NIfTI file."""
+        if is_nifti(path):
+            volume = NiftiVolume(path, self.nifti_axes)
+            return volume.shape, np.dtype(volume.dtype)
+        with _open_h5(path) as f:
+            dataset = _h5_dataset(f, path, key)
+            return tuple(dataset.shape), np.dtype(dataset.dtype)
 
     def _read_block(self, volume_idx: int, kind: str,
                     slices: Tuple[slice, ...]) -> np.ndarray:
@@ -346,11 +438,15 @@ class EMVolumeDataset(SeededDatasetMixin, BaseDataset):
                           f'({err}); the file may be corrupt') from None
 
     def _h5(self, path: str, key: str) -> h5py.Dataset:
-        """This process's handle of ``path:key``, opened on first use."""
+        """This process's handle of ``path:key`` (a :class:`NiftiVolume`
+        for NIfTI files), opened on first use."""
         if self._handles_pid != os.getpid():  # new process: fresh handles
             self._files, self._datasets = {}, {}
             self._handles_pid = os.getpid()
         dataset = self._datasets.get((path, key))
+        if dataset is None and is_nifti(path):
+            dataset = NiftiVolume(path, self.nifti_axes)
+            self._datasets[(path, key)] = dataset
         if dataset is None:
             if path not in self._files:
                 self._files[path] = _open_h5(path)

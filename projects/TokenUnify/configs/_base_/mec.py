@@ -2,7 +2,10 @@
 # and `wafer/wafer{N}_labels.h5` under `data_root`, one dataset `main`
 # (z, y, x) each (the official layout). Train: wafers 25, 26, 26_2, 36;
 # test: wafer4 and wafer36_2, whole volumes. Unlabelled pre-training volumes:
-# every `*.h5` under `pretrain_root` (key `main`).
+# the official layout (`dataloader/data_provider_pretraining.py`,
+# TokenUnify@221674f: `glob(EM_data/*hdf)`, then `*h5` and `*gz` in each,
+# e.g. HF cyd0806/EM_pretrain_data `FAFB_hdf/`): every `*hdf/*.h5` (key
+# `main`) and `*hdf/*.nii(.gz)` (NIfTI, read lazily) under `pretrain_root`.
 data_root = 'data/MEC'
 pretrain_root = 'data/EM_pretrain'
 crop_size = (16, 160, 160)
@@ -46,13 +49,29 @@ seg_test_dataloader = dict(
 table1_gt = dict(widen_gt_boundaries=True, report_unwidened=True)
 seg_evaluator = [dict(type='VOI', **table1_gt),
                  dict(type='AdaptedRandError', **table1_gt)]
+# Pre-training input perturbation (the target stays clean): with p = 0.5 one
+# of Gaussian noise / Gaussian blur / cutout, chosen uniformly (so each one
+# p = 1/6), as the official providers (`if random.random() > 0.5:
+# apply_perturbations`, `random.choice`). Their ranges are from dbMiM, not
+# TokenUnify's release (which lacks `pretraining_all.yaml`): the transforms'
+# defaults, dbMiM `config/pretraining_all.yaml` @fdd9443 (noise std
+# 0.01-0.2, blur kernel 3-9, sigma 0-2) and `utils/
+# consistency_aug_perturbations.py` @939d70f (cutout 60-100 boxes of
+# 5-10 x 10-20 x 10-20 voxels).
+pretrain_perturbation = dict(
+    type='EMRandomPerturbation', prob=0.5,
+    transforms=[dict(type='EMGaussianNoise', prob=1.0),
+                dict(type='EMGaussianBlur', prob=1.0),
+                dict(type='EMCutout', prob=1.0)])
 pretrain_dataloader = dict(
     batch_size=20,
     num_workers=4,
     persistent_workers=True,
     sampler=dict(type='ResumableInfiniteSampler', shuffle=True),
     dataset=dict(type='EMVolumeDataset', data_root=pretrain_root,
-                 volumes=['*.h5'], raw_key='main', label_key=None,
+                 volumes=[['*hdf/*.h5', '*hdf/*.nii', '*hdf/*.nii.gz']],
+                 raw_key='main', label_key=None,
                  normalize='minmax', crop_size=crop_size,
-                 samples_per_epoch=10000, pipeline=[pack]))
+                 samples_per_epoch=10000,
+                 pipeline=[pretrain_perturbation, pack]))
 del wafer, table1_gt
