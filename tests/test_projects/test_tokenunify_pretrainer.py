@@ -172,7 +172,10 @@ def test_next_token_and_next_all_share_one_prefix_pass(loss_on):
     next_tokens = gather_tokens(clean, lengths, TOKEN)
     for b, n in enumerate(lengths.tolist()):  # token n in raster order
         assert torch.equal(next_tokens[b], patchify(clean, TOKEN)[b, n])
-    expected_next = ((0.5 - next_tokens)**2).mean()
+    # token n's prediction comes from the next-token head reading the output
+    token_pred = torch.sigmoid(model.next_token_head(
+        torch.zeros(6, 1, *SHAPE), lengths))
+    expected_next = ((token_pred - next_tokens)**2).mean()
     assert torch.allclose(losses['mse_next_token'], expected_next, rtol=1e-6)
     error = patchify((0.5 - clean)**2, TOKEN).flatten(2)
     if loss_on == 'masked':

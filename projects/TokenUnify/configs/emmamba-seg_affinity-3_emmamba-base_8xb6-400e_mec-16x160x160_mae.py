@@ -7,4 +7,4 @@ pretrained_checkpoint = 'work_dirs/tokenunify-random_voxel-4x16x16_emmamba-base_
 model = dict(pretrained=dict(
     checkpoint=pretrained_checkpoint,
     allow_shape_mismatch=[r'backbone\.final_conv\..*'],
-    allow_unexpected=[r'fill_token.*', r'.*\.fill\..*']))
+    allow_unexpected=[r'mask_token', r'next_token_head\..*']))

@@ -15,6 +15,9 @@ model = dict(
                next_token=dict(),
                next_all=dict(loss_on='all')),
     prefix=dict(fill='noise'),
+    # next-token head: the size-agnostic Perceiver resampler (vistok's
+    # default); 'official' is the released Preciever (16x160x160 crops only)
+    head='perceiver',
     token_size=(4, 16, 16),
     val_mask_ratio=0.4,
 )

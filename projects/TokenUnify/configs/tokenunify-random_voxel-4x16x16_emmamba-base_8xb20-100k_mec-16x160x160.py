@@ -5,5 +5,6 @@ _base_ = ['./tokenunify-curriculum_voxel-4x16x16_emmamba-base_8xb20-100k_mec-16x
 model = dict(tasks=dict(_delete_=True,
                         random=dict(mask_ratio=0.4, fill='noise',
                                     loss_on='all')),
-             prefix=None)
+             prefix=None,
+             head=None)
 custom_hooks = []

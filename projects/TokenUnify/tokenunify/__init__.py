@@ -2,10 +2,13 @@
 volumes with the EMmamba backbone. Importing the package registers its
 modules in vistok's registries (used through ``custom_imports``)."""
 from .emmamba import EMMamba, EMMambaEncoder
+from .heads import TokenUnifyPerceiverHead, TokenUnifyPreceiverHead
 from .pretrainer import TokenUnifyPretrainer, TokenUnifyPSNR
 from .schedule_hook import TaskWeightScheduleHook
+from .unetr import UNETR
 
 __all__ = [
-    'EMMamba', 'EMMambaEncoder', 'TokenUnifyPretrainer', 'TokenUnifyPSNR',
-    'TaskWeightScheduleHook'
+    'EMMamba', 'EMMambaEncoder', 'TokenUnifyPerceiverHead',
+    'TokenUnifyPreceiverHead', 'TokenUnifyPretrainer', 'TokenUnifyPSNR',
+    'TaskWeightScheduleHook', 'UNETR'
 ]

@@ -17,13 +17,15 @@ Gaussian likelihood of the paper's losses on [0, 1] intensities):
 ``next_token`` and ``next_all`` share one prefix draw and one backbone pass
 per iteration (the official "joint" mode, ``--auto_mode 1``).
 
-**Next-token head.** The official head ("Preciever") is a fixed-size MLP on
-the reconstructed image (800 → 1024 for 16×160×160 crops only) that never
-sees ``n``. Here the prediction of token ``n`` is *read out* of the
-full-resolution output at token ``n``'s own voxels: the position is known by
-construction and any crop or token size works. By default it is read from
-the same output channel as the reconstructions; give the backbone two output
-channels and ``tasks.next_token.channel=1`` for a dedicated map.
+**Next-token head.** Token ``n`` is predicted by a head with its own
+parameters (:mod:`.heads`, ``model.head``) from the backbone output channel
+``tasks.next_token.channel`` and, for the default
+:class:`~.heads.TokenUnifyPerceiverHead` (``head='perceiver'``), the index
+``n`` itself, so the next-token loss is not a restriction of the next-all
+loss to token ``n`` of the same tensor. ``head='official'`` is the released
+``Preciever`` (:class:`~.heads.TokenUnifyPreceiverHead`, 16×160×160 crops
+only, blind to ``n``). The head lives under ``next_token_head.`` in the
+checkpoint; fine-tuning drops it by that name (``allow_unexpected``).
 
 **Mixing.** ``loss()`` computes every task whose current weight is non-zero
 and sums ``w_t · L_t``. The weights come from ``task_weights`` or, each
@@ -51,8 +53,9 @@ from mmengine.model import BaseModel
 
 from vistok.evaluation.metrics.psnr import psnr
 from vistok.models.utils.optimizer_step import NonFiniteGuard, update_params
-from vistok.registry import BACKBONES, METRICS, MODELS
+from vistok.registry import BACKBONES, HEADS, METRICS, MODELS
 from vistok.structures import DataSample
+from .heads import TokenUnifyPerceiverHead, TokenUnifyPreceiverHead
 from .tokens import (
     FILL_MODES,
     check_ratio_range,
@@ -70,6 +73,9 @@ from .tokens import (
 TASKS = ('random', 'next_token', 'next_all')
 PREFIX_TASKS = ('next_token', 'next_all')
 LOSS_ON = ('all', 'masked')
+#: ``model.head`` shortcuts → registered :mod:`.heads` types
+HEAD_SHORTCUTS = dict(official=TokenUnifyPreceiverHead.__name__,
+                      perceiver=TokenUnifyPerceiverHead.__name__)
 
 
 def _check_choice(value, choices, key: str) -> None:
@@ -114,7 +120,8 @@ class RandomTokenTask:
 
 @dataclass(frozen=True)
 class NextTokenTask:
-    """``tasks.next_token``: ``channel`` from which token ``n`` is read."""
+    """``tasks.next_token``: ``channel``, the backbone output channel the
+    next-token head reads."""
     channel: int = 0
 
     def __post_init__(self):
@@ -183,7 +190,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor,
 @MODELS.register_module()
 class TokenUnifyPretrainer(BaseModel):
     """TokenUnify's mixture-of-tasks pre-training of a volume backbone (see
-    the module docstring for the tasks, the next-token read-out, the mixing
+    the module docstring for the tasks, the next-token head, the mixing
     and the PSNR of :class:`TokenUnifyPSNR`).
 
     Inputs are clean crops ``(B, 1, D, H, W)`` in [0, 1]
@@ -207,6 +214,12 @@ class TokenUnifyPretrainer(BaseModel):
         task_weights: initial weights (default 1 for every configured task);
             a schedule hook replaces them every iteration.
         prefix: :class:`PrefixConfig` of the next-token / next-all input.
+        head: the next-token head (only with ``tasks.next_token``):
+            ``'perceiver'`` (default), ``'official'`` (see
+            :data:`HEAD_SHORTCUTS`), a HEADS config (``token_size``
+            defaults to the model's) or a module; called as
+            ``head(output_channel, n)`` → token logits
+            ``(B, 1, tz, ty, tx)``.
         token_size: ``(tz, ty, tx)`` voxels per token (paper: 4×16×16).
         noise_mean, noise_std: the 'noise' fill N(mean, std²) (official
             N(0, 1)).
@@ -229,6 +242,7 @@ class TokenUnifyPretrainer(BaseModel):
                  tasks: Dict[str, dict],
                  task_weights: Optional[Dict[str, float]] = None,
                  prefix: Optional[dict] = None,
+                 head: Optional[Union[str, dict, nn.Module]] = None,
                  token_size: Sequence[int] = (4, 16, 16),
                  noise_mean: float = 0.0,
                  noise_std: float = 1.0,
@@ -259,6 +273,7 @@ class TokenUnifyPretrainer(BaseModel):
         self.token_size = size3(token_size, 'token_size')
         self.noise_mean, self.noise_std = noise_mean, noise_std
         self._check_channels(getattr(self.backbone, 'out_channels', None))
+        self.next_token_head = self._build_head(head)
 
         fills = [getattr(cfg, 'fill', None) for cfg in
                  list(self.tasks.values()) + [self.prefix]]
@@ -287,6 +302,30 @@ class TokenUnifyPretrainer(BaseModel):
                 raise ValueError(
                     f'tasks.{name}.channel={task.channel} but the backbone '
                     f'outputs {out_channels} channel(s)')
+
+    def _build_head(self, head) -> Optional[nn.Module]:
+        if 'next_token' not in self.tasks:
+            if head is not None:
+                raise ValueError('model.head is set but next_token is not '
+                                 'in tasks')
+            return None
+        if head is None:
+            head = 'perceiver'
+        if isinstance(head, str):
+            if head not in HEAD_SHORTCUTS:
+                raise ValueError(f'model.head must be one of '
+                                 f'{tuple(HEAD_SHORTCUTS)}, a HEADS config '
+                                 f'or a module, got {head!r}')
+            head = dict(type=HEAD_SHORTCUTS[head])
+        if isinstance(head, dict):
+            head = dict(head)
+            head.setdefault('token_size', self.token_size)
+        head = HEADS.build_or_take(head)
+        head_tokens = getattr(head, 'token_size', self.token_size)
+        if tuple(head_tokens) != self.token_size:
+            raise ValueError(f'model.head.token_size={tuple(head_tokens)} '
+                             f'but model.token_size={self.token_size}')
+        return head
 
     # --- task weights ------------------------------------------------------
     @property
@@ -406,10 +445,14 @@ class TokenUnifyPretrainer(BaseModel):
         logits = self.backbone(self._fill(clean, voxels, self.prefix.fill))
         mses = {}
         if 'next_token' in active:
-            pred = self._prediction(logits, 'next_token')
+            channel = self.tasks['next_token'].channel
+            token_logits = self.next_token_head(
+                logits[:, channel:channel + 1], lengths)
+            with torch.autocast(device_type=logits.device.type,
+                                enabled=False):
+                pred = torch.sigmoid(token_logits.float())
             mses['next_token'] = masked_mse(
-                gather_tokens(pred, lengths, self.token_size),
-                gather_tokens(clean, lengths, self.token_size))
+                pred, gather_tokens(clean, lengths, self.token_size))
         if 'next_all' in active:
             pred = self._prediction(logits, 'next_all')
             masked = self.tasks['next_all'].loss_on == 'masked'
