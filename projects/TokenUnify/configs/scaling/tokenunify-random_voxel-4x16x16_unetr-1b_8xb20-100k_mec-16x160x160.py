@@ -1,0 +1,7 @@
+# Scaling figure, Transformer: the random-token ("MAE") pre-training
+# of ../tokenunify-random_voxel-4x16x16_emmamba-base_8xb20-100k_mec-16x160x160.py
+# with the UNETR of unetr-seg_affinity-3_unetr-1b_8xb6-400e_mec-16x160x160.py.
+_base_ = ['../tokenunify-random_voxel-4x16x16_emmamba-base_8xb20-100k_mec-16x160x160.py']
+model = dict(backbone=dict(_delete_=True, type='UNETR', img_size=(16, 160, 160),
+                           out_channels=1, feature_size=64, hidden_size=2560,
+                           mlp_dim=10240, num_heads=20))
