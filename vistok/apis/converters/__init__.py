@@ -22,3 +22,23 @@ configs.
 * :mod:`.var`: VAR's transformers (``var_d16.pth`` ... ``var_d30.pth``) ->
   VARGenerator
 """
+from typing import Optional
+
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.utils import import_modules_from_strings
+
+from vistok.registry import MODELS
+
+
+def build_config_model(config: str,
+                       cfg_options: Optional[dict] = None) -> nn.Module:
+    """The model of ``config`` (a file; ``cfg_options`` as
+    ``--cfg-options``; its ``custom_imports`` imported), built without
+    reading any weights file: the target of a conversion."""
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if cfg.get('custom_imports'):
+        import_modules_from_strings(**cfg.custom_imports)
+    return MODELS.build(cfg.model)

@@ -47,10 +47,8 @@ import re
 from typing import List, Optional, Tuple
 
 import torch.nn as nn
-from mmengine.config import Config
-from mmengine.utils import import_modules_from_strings
 
-from vistok.registry import MODELS
+from vistok.apis.converters import build_config_model
 
 #: ``(official, vistok)`` patterns inside the EMmamba network (no prefix)
 NETWORK_RULES = [
@@ -114,12 +112,7 @@ def build_model(config: str, cfg_options: Optional[dict] = None):
     ``--cfg-options``; its ``custom_imports`` imported), built without
     reading any weights file; it must hold an EMMamba
     (:func:`backbone_prefix`)."""
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if cfg.get('custom_imports'):
-        import_modules_from_strings(**cfg.custom_imports)
-    model = MODELS.build(cfg.model)
+    model = build_config_model(config, cfg_options)
     backbone_prefix(model)
     return model
 

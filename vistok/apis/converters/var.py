@@ -52,11 +52,9 @@ import math
 from typing import Mapping, Optional, Tuple
 
 import torch
-from mmengine.config import Config
-from mmengine.utils import import_modules_from_strings
 
+from vistok.apis.converters import build_config_model
 from vistok.models.generators.var import VARGenerator
-from vistok.registry import MODELS
 
 RULES = [
     (r'class_emb\.weight', 'class_emb.embedding.weight'),
@@ -90,12 +88,7 @@ def build_generator(config: str, cfg_options: Optional[dict] = None):
     """The ``VARGenerator`` of ``config`` (a file; ``cfg_options`` as
     ``--cfg-options``), built without reading any weights file (its frozen
     quantizer is filled later from ``model.quantizer_weights``)."""
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if cfg.get('custom_imports'):
-        import_modules_from_strings(**cfg.custom_imports)
-    model = MODELS.build(cfg.model)
+    model = build_config_model(config, cfg_options)
     if not isinstance(model, VARGenerator):
         raise LayoutError(f'the config must build a VARGenerator (model.type'
                           f'), got a {type(model).__name__}')
