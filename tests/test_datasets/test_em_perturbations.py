@@ -13,8 +13,10 @@ from vistok.datasets.em import (
     EMCutout,
     EMGaussianBlur,
     EMGaussianNoise,
+    EMRandomFlip,
     EMRandomPerturbation,
     EMVolumeDataset,
+    PackEMInputs,
     gaussian_kernel_1d,
 )
 from vistok.datasets.samplers import ResumableInfiniteSampler, draw_seed
@@ -145,3 +147,28 @@ def test_seeded_draws_identical_with_0_or_2_workers(tmp_path):
         normalize='minmax', crop_size=(8, 24, 24), samples_per_epoch=50,
         pipeline=[dict(type='PackEMInputs')])
     assert not torch.equal(serial, _inputs(clean, 0))
+
+
+def test_the_target_stays_clean_and_moves_with_geometric_transforms():
+    """Perturbations record the unperturbed raw as ``raw_target`` (packed
+    as ``gt_volume``), also when they do not fire; a later flip moves both;
+    the input is perturbed."""
+    raw = np.random.default_rng(0).random((4, 8, 8), dtype=np.float32)
+    pipeline = [EMGaussianNoise(prob=1.0), EMGaussianBlur(prob=0.0),
+                EMRandomFlip(prob=1.0), PackEMInputs()]
+    packed = dict(raw=raw.copy())
+    with seeded_rng(0):
+        for transform in pipeline:
+            packed = transform(packed)
+    target = packed['data_samples'].gt_volume[0].numpy()
+    moved = [np.flip(raw, axes).transpose(0, *yx) if axes else
+             raw.transpose(0, *yx)
+             for axes in ((), (0, ), (1, ), (2, ), (0, 1), (0, 2), (1, 2),
+                          (0, 1, 2))
+             for yx in ((1, 2), (2, 1))]
+    assert sum(np.array_equal(target, m) for m in moved) == 1
+    assert not np.array_equal(target, raw)  # moved with the input
+    assert not torch.equal(packed['inputs'], packed['data_samples'].gt_volume)
+    # no perturbation in the pipeline: no target, the pre-trainer uses inputs
+    plain = PackEMInputs()(dict(raw=raw.copy()))
+    assert 'gt_volume' not in plain['data_samples']

@@ -159,6 +159,38 @@ def test_random_task_input_and_loss(loss_on):
     assert set(losses) == {'loss_random', 'mse_random', 'weight_random'}
 
 
+def test_perturbed_inputs_are_corrupted_and_the_clean_target_regressed():
+    """With input perturbations the samples carry the clean crop as
+    ``gt_volume``: the tasks corrupt the (perturbed) inputs and regress the
+    clean crop, in training and in predict."""
+    model = model_with(ALL_TASKS, prefix=dict(fill='zero'),
+                       task_weights=dict(random=1.0, next_token=1.0,
+                                         next_all=1.0))
+    clean, perturbed = clean_crops(seed=0), clean_crops(seed=1)
+    samples = [DataSample(gt_volume=c) for c in clean]
+    torch.manual_seed(7)
+    losses = model.loss(perturbed, samples)
+    torch.manual_seed(7)
+    mask = random_token_mask(2, NUM_TOKENS, mask_ratio=0.5)
+    voxels = tokens_to_voxels(mask, token_grid(SHAPE, TOKEN), TOKEN)
+    random_input, prefix_input = model.backbone.inputs
+    assert torch.equal(random_input, torch.where(voxels, 0.0, perturbed))
+    lengths = prefix_of(prefix_input, perturbed)
+    expected = ((0.5 - clean)**2).mean()
+    assert torch.allclose(losses['mse_random'], expected, rtol=1e-6)
+    assert torch.allclose(losses['mse_next_all'], expected, rtol=1e-6)
+    token_pred = torch.sigmoid(model.next_token_head(
+        torch.zeros(2, 1, *SHAPE), lengths))
+    assert torch.allclose(
+        losses['mse_next_token'],
+        ((token_pred - gather_tokens(clean, lengths, TOKEN))**2).mean(),
+        rtol=1e-6)
+    out = model.predict(perturbed, [DataSample(gt_volume=c) for c in clean])
+    assert all(torch.equal(o.gt_volume, c) for o, c in zip(out, clean))
+    with pytest.raises(ValueError, match='1 of 2 samples carry a gt_volume'):
+        model.loss(perturbed, [samples[0], DataSample()])
+
+
 @pytest.mark.parametrize('loss_on', ['all', 'masked'])
 def test_next_token_and_next_all_share_one_prefix_pass(loss_on):
     model = model_with(dict(next_token=dict(), next_all=dict(loss_on=loss_on)),

@@ -2,10 +2,13 @@
 prediction on voxel tokens of EM volumes (Chen et al., "TokenUnify",
 arXiv 2405.16847; v2 objective L = α·L_random + β·L_next + γ·L_next-all).
 
-Every task corrupts the clean crop ``x`` ``(B, 1, D, H, W)`` in [0, 1] at the
+Every task corrupts the crop ``x`` ``(B, 1, D, H, W)`` in [0, 1] at the
 token level (:mod:`.tokens`), runs the backbone on the full-size corrupted
-volume and regresses ``sigmoid(logits)`` onto clean voxels with an MSE (the
-Gaussian likelihood of the paper's losses on [0, 1] intensities):
+volume and regresses ``sigmoid(logits)`` onto the clean voxels with an MSE
+(the Gaussian likelihood of the paper's losses on [0, 1] intensities). With
+input perturbations in the pipeline (noise / blur / cutout, as the official
+providers) ``x`` is perturbed and the target is the unperturbed crop, the
+samples' ``gt_volume`` (:func:`targets`); otherwise the target is ``x``:
 
 * ``random`` (SimMIM-style): a random set of tokens is overwritten; target
   the clean crop over all voxels (official) or only the masked ones.
@@ -174,6 +177,28 @@ def _from_cfg(cls, cfg: Optional[dict], key: str):
         raise TypeError(f'{key}: {err}') from None
 
 
+def targets(inputs: torch.Tensor,
+            data_samples: Optional[Sequence[DataSample]] = None
+            ) -> torch.Tensor:
+    """The regression targets of ``inputs`` ``(B, 1, D, H, W)``: the
+    samples' ``gt_volume`` ``(1, D, H, W)`` stacked (the clean crops of a
+    pipeline that perturbs the inputs, packed by ``PackEMInputs`` from
+    ``raw_target``) when every sample has one, ``inputs`` when none has."""
+    have = [s is not None and 'gt_volume' in s for s in data_samples or ()]
+    if not any(have):
+        return inputs
+    if not all(have) or len(have) != inputs.shape[0]:
+        raise ValueError(f'{sum(have)} of {inputs.shape[0]} samples carry a '
+                         f'gt_volume (clean target): put the input '
+                         f'perturbations in every sample\'s pipeline')
+    target = torch.stack([s.gt_volume for s in data_samples]).to(
+        device=inputs.device, dtype=inputs.dtype)
+    if target.shape != inputs.shape:
+        raise ValueError(f'gt_volume batch {tuple(target.shape)} does not '
+                         f'match the inputs {tuple(inputs.shape)}')
+    return target
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor,
                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean squared error in fp32 over all voxels of ``(B, C, *spatial)``,
@@ -193,7 +218,8 @@ class TokenUnifyPretrainer(BaseModel):
     the module docstring for the tasks, the next-token head, the mixing
     and the PSNR of :class:`TokenUnifyPSNR`).
 
-    Inputs are clean crops ``(B, 1, D, H, W)`` in [0, 1]
+    Inputs are crops ``(B, 1, D, H, W)`` in [0, 1], with their clean
+    targets as the samples' ``gt_volume`` if perturbed
     (``VolumeDataPreprocessor``) with ``D, H, W`` multiples of ``token_size``
     (and of whatever the backbone needs, e.g. 16 for EMMamba). Masks are drawn
     from the global RNG in training and, in ``predict``, from a generator
@@ -401,17 +427,20 @@ class TokenUnifyPretrainer(BaseModel):
     def loss(self, inputs: torch.Tensor,
              data_samples: Optional[List[DataSample]] = None
              ) -> Dict[str, torch.Tensor]:
-        """Weighted task losses of clean crops ``inputs``
-        ``(B, 1, D, H, W)`` in [0, 1] (tasks with weight 0 are skipped)."""
+        """Weighted task losses of crops ``inputs`` ``(B, 1, D, H, W)`` in
+        [0, 1] (tasks with weight 0 are skipped). The regression target is
+        the samples' ``gt_volume`` (the unperturbed crop of a pipeline with
+        input perturbations, :func:`targets`), else ``inputs``."""
         active = {n: w for n, w in self._task_weights.items() if w > 0}
         if not active:
             raise ValueError(f'every task weight is 0 ({self._task_weights})'
                              f': nothing to train')
+        target = targets(inputs, data_samples)
         mses = {}
         if 'random' in active:
-            mses['random'] = self._random_task_mse(inputs)
+            mses['random'] = self._random_task_mse(inputs, target)
         if active.keys() & set(PREFIX_TASKS):
-            mses.update(self._prefix_task_mses(inputs, active))
+            mses.update(self._prefix_task_mses(inputs, target, active))
         out = {}
         for name, mse in mses.items():
             out[f'loss_{name}'] = active[name] * mse
@@ -420,29 +449,30 @@ class TokenUnifyPretrainer(BaseModel):
             out[f'weight_{name}'] = torch.tensor(weight, device=inputs.device)
         return out
 
-    def _random_task_mse(self, clean: torch.Tensor) -> torch.Tensor:
+    def _random_task_mse(self, inputs: torch.Tensor,
+                         target: torch.Tensor) -> torch.Tensor:
         task = self.tasks['random']
-        grid = self._grid(clean)
-        mask = random_token_mask(clean.shape[0], math.prod(grid),
+        grid = self._grid(inputs)
+        mask = random_token_mask(inputs.shape[0], math.prod(grid),
                                  task.mask_ratio, task.mask_ratio_range)
-        voxels = tokens_to_voxels(mask.to(clean.device), grid,
+        voxels = tokens_to_voxels(mask.to(inputs.device), grid,
                                   self.token_size)
         pred = self._prediction(
-            self.backbone(self._fill(clean, voxels, task.fill)), 'random')
-        return masked_mse(pred, clean,
+            self.backbone(self._fill(inputs, voxels, task.fill)), 'random')
+        return masked_mse(pred, target,
                           voxels if task.loss_on == 'masked' else None)
 
-    def _prefix_task_mses(self, clean: torch.Tensor,
+    def _prefix_task_mses(self, inputs: torch.Tensor, target: torch.Tensor,
                           active: Dict[str, float]) -> Dict[str, torch.Tensor]:
         """One prefix draw and one backbone pass for next-token and
         next-all."""
-        grid = self._grid(clean)
+        grid = self._grid(inputs)
         lengths = draw_prefix_lengths(
-            clean.shape[0], math.prod(grid), self.prefix.min_length,
-            self.prefix.max_length).to(clean.device)
+            inputs.shape[0], math.prod(grid), self.prefix.min_length,
+            self.prefix.max_length).to(inputs.device)
         voxels = tokens_to_voxels(prefix_token_mask(lengths, math.prod(grid)),
                                   grid, self.token_size)
-        logits = self.backbone(self._fill(clean, voxels, self.prefix.fill))
+        logits = self.backbone(self._fill(inputs, voxels, self.prefix.fill))
         mses = {}
         if 'next_token' in active:
             channel = self.tasks['next_token'].channel
@@ -452,11 +482,11 @@ class TokenUnifyPretrainer(BaseModel):
                                 enabled=False):
                 pred = torch.sigmoid(token_logits.float())
             mses['next_token'] = masked_mse(
-                pred, gather_tokens(clean, lengths, self.token_size))
+                pred, gather_tokens(target, lengths, self.token_size))
         if 'next_all' in active:
             pred = self._prediction(logits, 'next_all')
             masked = self.tasks['next_all'].loss_on == 'masked'
-            mses['next_all'] = masked_mse(pred, clean,
+            mses['next_all'] = masked_mse(pred, target,
                                           voxels if masked else None)
         return mses
 
@@ -490,16 +520,17 @@ class TokenUnifyPretrainer(BaseModel):
     def predict(self, inputs: torch.Tensor,
                 data_samples: Optional[List[DataSample]] = None
                 ) -> List[DataSample]:
-        """Random-token reconstruction of clean crops ``inputs``
+        """Random-token reconstruction of crops ``inputs``
         ``(B, 1, D, H, W)`` in [0, 1] with ``val_mask_ratio`` of the tokens
         masked (masks from :meth:`validation_mask`, keyed by the samples'
         ``sample_idx`` metainfo, else their batch position).
 
         One :class:`DataSample` per crop (``data_samples`` filled in place)
         with ``pred_volume`` (the reconstruction) and ``gt_volume`` (the
-        clean crop), ``(1, D, H, W)`` in [0, 1], ``token_mask`` ``(N,)``
-        bool (the masked tokens) and ``voxel_mask`` ``(1, D, H, W)`` bool
-        (their voxels); :class:`TokenUnifyPSNR` reads them.
+        target, :func:`targets`), ``(1, D, H, W)`` in [0, 1],
+        ``token_mask`` ``(N,)`` bool (the masked tokens) and
+        ``voxel_mask`` ``(1, D, H, W)`` bool (their voxels);
+        :class:`TokenUnifyPSNR` reads them.
         """
         if 'random' not in self.tasks:
             raise ValueError('predict reports the random-token '
@@ -520,9 +551,10 @@ class TokenUnifyPretrainer(BaseModel):
         masks = torch.stack(masks).to(inputs.device)
         voxels = tokens_to_voxels(masks, grid, self.token_size)
         pred = self._prediction(self.backbone(torch.cat(corrupted)), 'random')
+        target = targets(inputs, data_samples)
         for i, sample in enumerate(data_samples):
             sample.pred_volume = pred[i]
-            sample.gt_volume = inputs[i]
+            sample.gt_volume = target[i]
             sample.token_mask = masks[i]
             sample.voxel_mask = voxels[i]
         return data_samples

@@ -31,7 +31,8 @@ from vistok.registry import TRANSFORMS
 from vistok.structures import DataSample
 
 #: keys of ``(D, H, W)`` volumes moved by geometric transforms
-VOLUME_KEYS = ('raw', 'labels')
+#: (``raw_target``: the unperturbed raw, see :func:`keep_raw_target`)
+VOLUME_KEYS = ('raw', 'raw_target', 'labels')
 #: keys of ``(C, D, H, W)`` affinity maps (after ``GenerateAffinities``)
 AFFINITY_KEYS = ('gt_affinity', 'affinity_mask')
 
@@ -174,7 +175,7 @@ class EMElasticDeform(BaseTransform):
         if field is None:
             return results
         coords = np.mgrid[:height, :width].astype(np.float64) + field
-        for key, order in (('raw', 1), ('labels', 0)):
+        for key, order in (('raw', 1), ('raw_target', 1), ('labels', 0)):
             if key in results:
                 volume = results[key]
                 results[key] = np.stack([
@@ -420,7 +421,9 @@ class PackEMInputs(BaseTransform):
     * ``data_samples``: a :class:`vistok.structures.DataSample` with, when
       present, ``gt_affinity`` and ``affinity_mask`` (float32
       ``(C, D, H, W)``), ``gt_label`` (int64 ``(D, H, W)``, from
-      ``labels``) and the metainfo ``meta_keys`` that ``results`` has.
+      ``labels``), ``gt_volume`` (float32 ``(1, D, H, W)``, from
+      ``raw_target``: the unperturbed input of a pipeline with input
+      perturbations) and the metainfo ``meta_keys`` that ``results`` has.
 
     :class:`vistok.models.data_preprocessors.volume.VolumeDataPreprocessor`
     stacks the inputs into ``(B, 1, D, H, W)``.
@@ -443,6 +446,14 @@ class PackEMInputs(BaseTransform):
         if 'labels' in results:
             data_sample.gt_label = torch.from_numpy(
                 np.ascontiguousarray(results['labels'], dtype=np.int64))
+        if 'raw_target' in results:
+            target = np.ascontiguousarray(results['raw_target'],
+                                          dtype=np.float32)
+            if target.shape != raw.shape:
+                raise ValueError(f'raw_target has shape {target.shape} but '
+                                 f'raw {raw.shape}: a transform changed '
+                                 f'one without the other')
+            data_sample.gt_volume = torch.from_numpy(target)[None]
         data_sample.set_metainfo(
             {k: results[k] for k in self.meta_keys if k in results})
         return dict(inputs=torch.from_numpy(raw)[None],
@@ -465,6 +476,12 @@ class PackEMInputs(BaseTransform):
 # ydchen0806/dbMiM ships both (module at commit 939d70f, config
 # ``config/pretraining_all.yaml`` at commit fdd9443; both deleted in later
 # commits).
+#
+# The target stays clean: every perturbation first records the unperturbed
+# ``raw`` as ``raw_target`` (:func:`keep_raw_target`, also when it does not
+# fire, so every sample of the pipeline has one); geometric transforms move
+# both; :class:`PackEMInputs` packs it as ``gt_volume``, the pre-trainer's
+# regression target.
 
 #: dbMiM ``pretraining_all.yaml``: ``min_noise_std`` / ``max_noise_std``
 DBMIM_NOISE_STD = (0.01, 0.2)
@@ -507,6 +524,14 @@ def _check_prob(prob) -> float:
     return float(prob)
 
 
+def keep_raw_target(results: dict) -> None:
+    """Record the unperturbed ``raw`` as ``raw_target`` unless an earlier
+    perturbation did (no copy: perturbations write new arrays)."""
+    if 'raw' not in results:
+        raise KeyError('input perturbations need `raw` in the results')
+    results.setdefault('raw_target', results['raw'])
+
+
 def gaussian_kernel_1d(size: int, sigma: float) -> np.ndarray:
     """OpenCV's ``getGaussianKernel(size, sigma)``: normalised
     ``exp(-(i - (size - 1) / 2)**2 / (2 sigma**2))``; for ``sigma <= 0``
@@ -547,6 +572,7 @@ class EMGaussianNoise(BaseTransform):
         return std if apply else None
 
     def transform(self, results: dict) -> dict:
+        keep_raw_target(results)
         std = self._draw()
         if std is not None:
             raw = results['raw']
@@ -598,6 +624,7 @@ class EMGaussianBlur(BaseTransform):
         return (size, sigma) if apply else None
 
     def transform(self, results: dict) -> dict:
+        keep_raw_target(results)
         draw = self._draw()
         if draw is not None:
             kernel = gaussian_kernel_1d(*draw)
@@ -661,6 +688,7 @@ class EMCutout(BaseTransform):
                               axis=1)
 
     def transform(self, results: dict) -> dict:
+        keep_raw_target(results)
         boxes = self._draw(results['raw'].shape)
         if boxes is not None:
             raw = np.array(results['raw'], dtype=np.float32)
@@ -707,6 +735,7 @@ class EMRandomPerturbation(BaseTransform):
         return choice if apply else None
 
     def transform(self, results: dict) -> dict:
+        keep_raw_target(results)
         choice = self._draw()
         if choice is None:
             return results

@@ -13,7 +13,16 @@ augment = [
 # affinity targets with the official in-plane boundary widening
 affinities = dict(type='GenerateAffinities', widen_boundaries=True)
 pack = dict(type='PackEMInputs')
-pretrain_pipeline = augment + [pack]
+# Pre-training input perturbation of `mec.py` (with p = 0.5 one of Gaussian
+# noise / blur / cutout, ranges from dbMiM; the target stays clean) with the
+# cutout boxes scaled in-plane to the 32x32 crop: dbMiM's 10-20 voxels of a
+# 160 crop -> 2-4 of 32, so a box covers the same fraction (INFERRED).
+pretrain_perturbation = dict(
+    type='EMRandomPerturbation', prob=0.5,
+    transforms=[dict(type='EMGaussianNoise', prob=1.0),
+                dict(type='EMGaussianBlur', prob=1.0),
+                dict(type='EMCutout', size_yx=(2, 4), prob=1.0)])
+pretrain_pipeline = augment + [pretrain_perturbation, pack]
 seg_train_pipeline = augment + [affinities, pack]
 seg_test_pipeline = [affinities, pack]
 train_dataloader = dict(
