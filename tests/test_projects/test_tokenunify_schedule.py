@@ -1,6 +1,7 @@
 """TaskWeightScheduleHook: curriculum and sequential task weights as a pure
 function of the iteration, driving the model before every training iteration
 (projects/TokenUnify/tokenunify/schedule_hook.py)."""
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -63,6 +64,34 @@ def test_linear_transition_ramps_across_the_boundary():
     assert hook.weights_at(99, 100) == b
 
 
+@pytest.mark.parametrize('iteration', [0, 30, 45, 50, 52, 70, 99])
+def test_softmax_transition_is_a_logistic_blend_of_two_phases(iteration):
+    """Two phases: softmax(-d / tau) over the phases is the logistic
+    ``a + sigmoid((p - b) / tau) (b_w - a)`` around the boundary ``b``."""
+    a, b = dict(random=1.0, next_all=0.0), dict(random=0.2, next_all=0.6)
+    tau = 0.05
+    hook = TaskWeightScheduleHook(boundaries=[0.5], phase_weights=[a, b],
+                                  temperature=tau)
+    s = 1 / (1 + math.exp(-(iteration / 100 - 0.5) / tau))
+    assert hook.weights_at(iteration, 100) == pytest.approx(
+        {t: a[t] + s * (b[t] - a[t]) for t in a}, abs=1e-12)
+
+
+def test_softmax_transition_tends_to_the_hard_switch():
+    smooth = TaskWeightScheduleHook(temperature=1e-4)
+    hard = TaskWeightScheduleHook()
+    for iteration in list(range(0, 295)) + list(range(305, 695)) + \
+            list(range(705, 1000)):
+        assert smooth.weights_at(iteration, 1000) == pytest.approx(
+            hard.weights_at(iteration, 1000), abs=1e-12)
+    # three phases, wide temperature: every weight between the phases'
+    mixed = TaskWeightScheduleHook(temperature=0.2).weights_at(500, 1000)
+    for task, weight in mixed.items():
+        values = [w[task] for w in (PHASE1, PHASE2, PHASE3)]
+        assert min(values) < weight < max(values)
+    assert mixed['next_token'] > mixed['random']  # phase 2 dominates
+
+
 def test_sequential_official_stages_pick_the_right_task():
     hook = TaskWeightScheduleHook(mode='sequential')
     assert hook.weights_at(0, 100) == RANDOM_ONLY
@@ -88,6 +117,9 @@ def test_sequential_official_stages_pick_the_right_task():
     (dict(boundaries=[0.5], phase_weights=[dict(random=-1), PHASE1]),
      'phase_weights\\[0\\].random'),
     (dict(transition=0.5), 'overlap'),
+    (dict(transition=0.1, temperature=0.05), 'not both'),
+    (dict(temperature=0.0), 'temperature must be'),
+    (dict(mode='sequential', temperature=0.05), 'curriculum'),
     (dict(stages=[dict(end=1.0, task='random')]), 'sequential'),
     (dict(mode='sequential', boundaries=[0.5]), 'curriculum'),
     (dict(mode='sequential', stages=[dict(end=0.5, task='random')]),

@@ -8,9 +8,21 @@ arXiv 2405.16847): ``L = α(t)·L_random + β(t)·L_next + γ(t)·L_next-all``.
   next-all dominant, with the auxiliary weights "about 0.18 and 0.09
   throughout" — which auxiliary task gets which is **INFERRED** (default: the
   dominant role rotates random → next-token → next-all and the task that is
-  dominant next gets 0.18). The paper smooths the transitions by a softmax
-  temperature decay whose schedule is not published; ``transition`` offers a
-  linear ramp of the weights across each boundary instead.
+  dominant next gets 0.18). The paper smooths the transitions "via softmax
+  temperature decay" without defining it; two smoothings are offered, the
+  hard switch staying the default:
+
+  - ``temperature=τ`` (the paper's softmax, our definition, INFERRED): at
+    progress ``p = t / T`` the weights are the mixture ``Σ_k π_k(p) w_k`` of
+    the phase weights ``w_k`` with ``π(p) = softmax_k(−d_k(p) / τ)``, where
+    ``d_k(p)`` is the distance of ``p`` from phase ``k``'s interval
+    ``[e_k, e_{k+1})`` (0 inside it). Deep inside a phase its weights hold
+    (the others decay as ``exp(−d/τ)``); across a boundary they blend
+    smoothly, half / half at the boundary itself; ``τ → 0`` is the hard
+    switch. ``τ`` is a fraction of training (0.02: the blend spans about
+    ±5 % of training around each boundary).
+  - ``transition=w``: a linear ramp over a window ``w`` around each
+    boundary.
 * ``mode='sequential'`` (the released code and v1 paper): consecutive stages,
   each with its own task(s) — by default the random-token stage, then the
   joint next-token + next-all stage from its checkpoint (800 epochs each,
@@ -95,9 +107,12 @@ class TaskWeightScheduleHook(Hook):
             (``len(boundaries) + 1``). Default: the published phase 1 then the
             INFERRED phases 2 and 3 (:data:`INFERRED_LATER_PHASE_WEIGHTS`).
         transition: curriculum only; 0 switches the weights at the
-            boundaries; ``τ > 0`` ramps them linearly from one phase's to the
-            next over ``[b − τ/2, b + τ/2) · max_iters`` around each boundary
+            boundaries; ``w > 0`` ramps them linearly from one phase's to the
+            next over ``[b − w/2, b + w/2) · max_iters`` around each boundary
             ``b`` (ramps may not overlap or leave [0, 1]).
+        temperature: curriculum only, instead of ``transition``; ``τ > 0``
+            blends the phases with the softmax of their distances divided by
+            ``τ`` (a fraction of training; see the module docstring).
         stages: sequential only; consecutive stages ``dict(end=fraction,
             task=name)`` or ``dict(end=fraction, weights=dict(...))``; a stage
             runs until iteration ``round(end · max_iters)``; the last ``end``
@@ -111,6 +126,7 @@ class TaskWeightScheduleHook(Hook):
                  boundaries: Optional[Sequence[float]] = None,
                  phase_weights: Optional[Sequence[Dict[str, float]]] = None,
                  transition: Optional[float] = None,
+                 temperature: Optional[float] = None,
                  stages: Optional[Sequence[dict]] = None):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
@@ -123,12 +139,14 @@ class TaskWeightScheduleHook(Hook):
                 phase_weights or ((PUBLISHED_PHASE1_WEIGHTS, ) +
                                   INFERRED_LATER_PHASE_WEIGHTS),
                 0.0 if transition is None else float(transition))
+            self.temperature = self._check_temperature(temperature,
+                                                       transition)
             tables = self.phase_weights
         else:
             if not (boundaries is None and phase_weights is None
-                    and transition is None):
-                raise ValueError('boundaries, phase_weights and transition '
-                                 "are for mode='curriculum'")
+                    and transition is None and temperature is None):
+                raise ValueError('boundaries, phase_weights, transition and '
+                                 "temperature are for mode='curriculum'")
             self._init_stages(OFFICIAL_STAGES if stages is None else stages)
             tables = self.stage_weights
         self.tasks = tuple(t for t in TASKS if any(t in w for w in tables))
@@ -153,6 +171,20 @@ class TaskWeightScheduleHook(Hook):
                              f'the boundaries {self.boundaries} must not '
                              f'overlap or leave [0, 1], got {transition}')
         self.transition = transition
+
+    @staticmethod
+    def _check_temperature(temperature, transition) -> Optional[float]:
+        if temperature is None:
+            return None
+        if transition:
+            raise ValueError('give transition (linear ramp) or temperature '
+                             '(softmax blend), not both')
+        if isinstance(temperature, bool) or not (
+                isinstance(temperature, (int, float))
+                and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f'temperature must be a finite number > 0 (a '
+                             f'fraction of training), got {temperature!r}')
+        return float(temperature)
 
     def _init_stages(self, stages: Sequence[dict]) -> None:
         if not stages:
@@ -185,6 +217,8 @@ class TaskWeightScheduleHook(Hook):
                 if iteration < round(end * max_iters):
                     return self._full(weights)
             return self._full(self.stage_weights[-1])
+        if self.temperature is not None:
+            return self._softmax_blend(iteration / max_iters)
         for i, b in enumerate(self.boundaries):
             before, after = self.phase_weights[i], self.phase_weights[i + 1]
             if self.transition == 0:
@@ -201,6 +235,18 @@ class TaskWeightScheduleHook(Hook):
                 return {t: (1 - s) * before[t] + s * after[t]
                         for t in self.tasks}
         return self._full(self.phase_weights[-1])
+
+    def _softmax_blend(self, progress: float) -> Dict[str, float]:
+        """``Σ_k softmax_k(−d_k / τ) · w_k`` (module docstring)."""
+        edges = [0.0] + list(self.boundaries) + [1.0]
+        scores = [-max(start - progress, 0.0, progress - end) /
+                  self.temperature for start, end in zip(edges, edges[1:])]
+        top = max(scores)
+        mix = [math.exp(score - top) for score in scores]
+        total = sum(mix)
+        tables = [self._full(w) for w in self.phase_weights]
+        return {t: sum(m * w[t] for m, w in zip(mix, tables)) / total
+                for t in self.tasks}
 
     # --- hook points -----------------------------------------------------
     @staticmethod
