@@ -71,7 +71,7 @@ ROWS = {
                             ('autoregress', AR))},
     S1: (RND, ('batch_per_gpu', 'train_dataloader.batch_size',
                'optim_wrapper.optimizer.lr')),
-    S2: (AR, ('load_from', )),
+    S2: (AR, ('stage1_checkpoint', 'model.pretrained')),
 }
 
 
@@ -148,8 +148,9 @@ def test_sequential_stage_hyper_parameters_are_the_official_launchers():
     assert stage2.train_dataloader.batch_size == 20
     assert stage2.optim_wrapper.optimizer.lr == pytest.approx(6.25e-4)
     assert set(stage2.model.tasks) == {'next_token', 'next_all'}
-    assert stage2.load_from.startswith(
-        f'work_dirs/{osp.basename(S1)}/') and stage2.resume is False
+    assert stage2.model.pretrained.checkpoint.startswith(
+        f'work_dirs/{osp.basename(S1)}/')
+    assert stage2.get('load_from') is None and not stage2.get('resume')
 
 
 class _Stop(Exception):
@@ -211,7 +212,8 @@ def test_stage2_starts_from_stage1_weights_with_a_fresh_optimizer(tmp_path):
                for k in backbone)
 
     stage2 = tiny(load(S2), tmp_path / 'stage2', iters=1)
-    stage2.load_from = str(tmp_path / 'stage1' / 'iter_1.pth')
+    stage2.model.pretrained.checkpoint = str(tmp_path / 'stage1' /
+                                             'iter_1.pth')
     runner2, probe2 = build_runner(stage2), _Probe(stop=True)
     runner2.register_hook(probe2, 'LOWEST')
     with pytest.raises(_Stop):

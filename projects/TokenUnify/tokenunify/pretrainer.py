@@ -44,6 +44,7 @@ half the true value. Here ``PSNR = 10·log10(1 / MSE)`` (data range 1 on
 ``predict`` returns each crop's reconstruction, clean crop and voxel mask,
 and :class:`TokenUnifyPSNR` computes the PSNRs from them.
 """
+import copy
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -58,6 +59,7 @@ from vistok.evaluation.metrics.psnr import psnr
 from vistok.models.utils.optimizer_step import NonFiniteGuard, update_params
 from vistok.registry import BACKBONES, HEADS, METRICS, MODELS
 from vistok.structures import DataSample
+from vistok.utils.partial_load import load_pretrained
 from .heads import TokenUnifyPerceiverHead, TokenUnifyPreceiverHead
 from .tokens import (
     FILL_MODES,
@@ -254,6 +256,13 @@ class TokenUnifyPretrainer(BaseModel):
         val_seed: seed of the validation masks.
         max_nonfinite_skips: abort once more updates than this had a
             non-finite loss.
+        pretrained: keyword arguments of
+            :func:`vistok.utils.partial_load.load_pretrained`, applied in
+            ``init_weights`` after the random initialisation: e.g. stage 2
+            of the sequential recipe starts from stage 1's checkpoint with
+            ``allow_missing=['next_token_head[.].*']`` (stage 1 trained no
+            head); anything else that does not fit is an error. Only the
+            weights: the optimizer and schedule start afresh.
         data_preprocessor: MODELS config (vistok scope) or module; default
             :class:`~vistok.models.data_preprocessors.volume.
             VolumeDataPreprocessor`.
@@ -275,6 +284,7 @@ class TokenUnifyPretrainer(BaseModel):
                  val_mask_ratio: Optional[float] = None,
                  val_seed: int = 0,
                  max_nonfinite_skips: int = 10,
+                 pretrained: Optional[dict] = None,
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(
@@ -282,6 +292,7 @@ class TokenUnifyPretrainer(BaseModel):
                 data_preprocessor, dict(type='VolumeDataPreprocessor')),
             init_cfg=init_cfg)
         self.backbone = BACKBONES.build_or_take(backbone)
+        self.pretrained = copy.deepcopy(pretrained)
         unknown = set(tasks) - set(TASKS)
         if not tasks or unknown:
             raise ValueError(f'tasks must be a non-empty subset of {TASKS}, '
@@ -319,6 +330,13 @@ class TokenUnifyPretrainer(BaseModel):
         self.set_task_weights(task_weights if task_weights is not None else
                               {name: 1.0 for name in self.tasks})
         self.nonfinite_guard = NonFiniteGuard(max_nonfinite_skips)
+
+    def init_weights(self) -> None:
+        """Random initialisation, then the ``pretrained`` weights."""
+        super().init_weights()
+        if self.pretrained:
+            load_pretrained(self, key='model.pretrained.checkpoint',
+                            **self.pretrained)
 
     def _check_channels(self, out_channels: Optional[int]) -> None:
         if out_channels is None:
