@@ -5,6 +5,7 @@
 # pixel recipe (which fine-tunes this decoder), applied to the whole
 # tokenizer from the converted weights: L2 + 0.1 x ConvNeXt-S logit loss,
 # MaskGIT discriminator (hinge, fixed weight 0.01 from 20k, LeCam 0.001),
+# every term on [0, 1] images as in TiTok (../_base_/losses/titok_pixel.py),
 # AdamW lr 1e-4 (0.9, 0.999) wd 1e-4, 5k warm-up then cosine to 1e-5 over
 # 500k iterations, 8 x 32 images, EMA 0.999. See README.md.
 _base_ = [
@@ -16,7 +17,7 @@ _base_ = [
 # the converted release (see README.md)
 load_from = 'checkpoints/maskgit-vqgan-imagenet-f16-256_vistok.pth'
 model = dict(
-    reconstruction_loss=dict(type='MSELoss', loss_weight=1.0),
+    reconstruction_loss={{_base_.titok_reconstruction_loss}},
     perceptual_loss={{_base_.titok_perceptual_loss}},
     discriminator={{_base_.titok_discriminator}},
     adversarial_loss={{_base_.titok_adversarial_loss}},

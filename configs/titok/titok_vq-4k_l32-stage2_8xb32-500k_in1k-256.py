@@ -11,9 +11,10 @@
 # are frozen (eval mode, outside the optimizer); TiTok decoder, proxy head and
 # pixel parts train with L2 + 0.1 x ConvNeXt-S logit loss + the MaskGIT
 # discriminator (hinge, fixed weight 0.01 from iteration 20k, LeCam 0.001,
-# EMA decay 0.999 of its statistics). AdamW lr 1e-4 (0.9, 0.999) wd 1e-4 for
-# both, 5k warm-up then cosine to 1e-5 over 500k iterations, 8 x 32 images,
-# fp16, EMA 0.999.
+# EMA decay 0.999 of its statistics), every term on [0, 1] images as in
+# TiTok (configs/_base_/losses/titok_pixel.py). AdamW lr 1e-4 (0.9, 0.999)
+# wd 1e-4 for both, 5k warm-up then cosine to 1e-5 over 500k iterations,
+# 8 x 32 images, fp16, EMA 0.999.
 _base_ = [
     './titok_vq-4k_l32_8xb32-1m_in1k-256.py',
     '../_base_/losses/titok_pixel.py'
@@ -24,7 +25,7 @@ model = dict(
     teacher=None,
     pixel_decoder={{_base_.teacher}},
     frozen_parts=('encoder', 'quantizer'),
-    reconstruction_loss=dict(type='MSELoss', loss_weight=1.0),
+    reconstruction_loss={{_base_.titok_reconstruction_loss}},
     perceptual_loss={{_base_.titok_perceptual_loss}},
     discriminator={{_base_.titok_discriminator}},
     adversarial_loss={{_base_.titok_adversarial_loss}},
@@ -48,9 +49,12 @@ optim_wrapper = dict(
     _delete_=True,
     constructor='MultiPartOptimWrapperConstructor',
     generator=dict(type='AmpOptimWrapper', dtype='float16', optimizer=adamw,
+                   paramwise_cfg={{_base_.titok_paramwise_cfg}},
                    clip_grad=dict(max_norm=1.0)),
     discriminator=dict(type='AmpOptimWrapper', dtype='float16',
-                       optimizer=adamw, clip_grad=dict(max_norm=1.0)))
+                       optimizer=adamw,
+                       paramwise_cfg={{_base_.titok_paramwise_cfg}},
+                       clip_grad=dict(max_norm=1.0)))
 warmup_cosine = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0,
          end=warmup_iters),

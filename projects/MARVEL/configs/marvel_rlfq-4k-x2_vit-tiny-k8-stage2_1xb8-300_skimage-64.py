@@ -3,8 +3,8 @@
 # over a trainable copy of the teacher's codebook, rendered by the teacher's
 # decoder architecture, both initialised from the teacher file — and trains
 # decoder, head and pixel parts on pixels (L2 + a small PatchGAN at fixed
-# weight 0.01 from iteration 100 with LeCam 0.001) with the encoder and
-# quantizer frozen.
+# weight 0.01 from iteration 100 with LeCam 0.001; both on [0, 1] images as
+# TiTok's stage 2) with the encoder and quantizer frozen.
 _base_ = ['./marvel_rlfq-4k-x2_vit-tiny-k8_1xb8-300_skimage-64.py']
 stage1_checkpoint = \
     'work_dirs/marvel_rlfq-4k-x2_vit-tiny-k8_1xb8-300_skimage-64/iter_300.pth'
@@ -17,7 +17,7 @@ model = dict(
     adversarial_loss=dict(type='AdversarialLoss', loss_type='hinge',
                           generator_weight=0.01, adaptive_weight=False,
                           start_iter=100, lecam_weight=0.001,
-                          lecam_decay=0.999),
+                          lecam_decay=0.999, pixel_range=(0.0, 1.0)),
     pretrained=dict(
         stage1=dict(
             checkpoint=stage1_checkpoint,

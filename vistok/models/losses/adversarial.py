@@ -6,14 +6,24 @@ taming adaptive weight (eq. 7, the ratio of gradient norms at the decoder's
 last layer) or a fixed one — the discriminator start iteration, LeCam
 regularisation (Tseng et al. 2021) and the R1 penalty (Mescheder et al.
 2018). Logits are any-shaped tensors whose first axis is the batch.
+
+The discriminator sees images in the loss's declared ``pixel_range``
+(TiTok's ``NLayerDiscriminator`` sees ``[0, 1]`` images: bytedance/1d-
+tokenizer ``modeling/modules/losses.py`` ``ReconstructionLoss_Stage2``), mapped
+from the tokenizer's ``[-1, 1]`` once, by :meth:`AdversarialLoss.logits`.
 """
 import math
-from typing import Callable, Dict
+from typing import Callable, Dict, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vistok.models.losses.reconstruction import (
+    TOKENIZER_PIXEL_RANGE,
+    check_pixel_range,
+    to_pixel_range,
+)
 from vistok.registry import LOSSES
 from vistok.utils.dist import all_reduce_sum_, is_distributed
 
@@ -124,7 +134,13 @@ class AdversarialLoss(nn.Module):
         start_iter: first iteration with adversarial training.
         lecam_weight: weight of ``R_LC`` (0 disables it; TiTok 0.001).
         lecam_decay: EMA decay of ``α_R, α_F`` (TiTok 0.999).
-        r1_weight: ``γ`` of the R1 penalty (0 disables it).
+        r1_weight: ``γ`` of the R1 penalty (0 disables it; the gradient is
+            taken with respect to the discriminator's input, in
+            ``pixel_range``).
+        pixel_range: ``(low, high)`` range of the images the discriminator
+            sees (real images and reconstructions, unclamped, mapped from
+            ``[-1, 1]``): TiTok / MaskGIT-VQGAN ``(0, 1)``, taming ``(-1,
+            1)`` (the default).
     """
 
     def __init__(self,
@@ -137,7 +153,8 @@ class AdversarialLoss(nn.Module):
                  start_iter: int = 0,
                  lecam_weight: float = 0.0,
                  lecam_decay: float = 0.999,
-                 r1_weight: float = 0.0):
+                 r1_weight: float = 0.0,
+                 pixel_range: Sequence[float] = TOKENIZER_PIXEL_RANGE):
         super().__init__()
         _check_type(loss_type)
         for name, value in (('generator_weight', generator_weight),
@@ -160,6 +177,7 @@ class AdversarialLoss(nn.Module):
         self.lecam_weight = lecam_weight
         self.lecam_decay = lecam_decay
         self.r1_weight = r1_weight
+        self.pixel_range = check_pixel_range(pixel_range)
         #: multiplies the generator's GAN term (see the class docstring);
         #: not checkpointed: whoever sets it (a schedule hook) sets it
         #: again before every iteration
@@ -174,6 +192,17 @@ class AdversarialLoss(nn.Module):
             raise ValueError(f'generator scale must be a finite number >= 0, '
                              f'got {scale!r}')
         self.generator_scale = scale
+
+    def discriminator_input(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` ``(B, C, H, W)`` in ``[-1, 1]`` → :attr:`pixel_range`,
+        the discriminator's input."""
+        return to_pixel_range(images, self.pixel_range)
+
+    def logits(self, discriminator: nn.Module,
+               images: torch.Tensor) -> torch.Tensor:
+        """The discriminator's logits of ``images`` in ``[-1, 1]`` (the
+        generator step calls this on its reconstructions)."""
+        return discriminator(self.discriminator_input(images))
 
     def is_active(self, iteration: int) -> bool:
         """Whether adversarial training runs at ``iteration``."""
@@ -199,13 +228,16 @@ class AdversarialLoss(nn.Module):
                              real: torch.Tensor,
                              fake: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Discriminator terms on real images and (detached) reconstructions
-        ``(B, C, H, W)``: ``loss_disc`` and, when enabled, ``loss_lecam`` and
-        ``loss_r1``; ``logits_real`` / ``logits_fake`` means for logging."""
+        ``(B, C, H, W)`` in ``[-1, 1]`` (the discriminator sees them in
+        :attr:`pixel_range`): ``loss_disc`` and, when enabled,
+        ``loss_lecam`` and ``loss_r1``; ``logits_real`` / ``logits_fake``
+        means for logging."""
+        real = self.discriminator_input(real.detach())
         if self.r1_weight > 0:
             r1, logits_real = r1_penalty(discriminator, real)
         else:
-            logits_real = discriminator(real.detach())
-        logits_fake = discriminator(fake.detach())
+            logits_real = discriminator(real)
+        logits_fake = self.logits(discriminator, fake.detach())
         logits_real, logits_fake = logits_real.float(), logits_fake.float()
         losses = dict(loss_disc=self.discriminator_weight *
                       discriminator_gan_loss(self.loss_type, logits_real,

@@ -405,7 +405,8 @@ class BaseTokenizer(BaseModel):
                 and self.adversarial_loss.is_active(iteration)):
             nll = sum(losses.values())
             terms.append(self.adversarial_loss.generator_losses(
-                self.discriminator(out.reconstruction), nll,
+                self.adversarial_loss.logits(self.discriminator,
+                                             out.reconstruction), nll,
                 self.get_parameter(self.last_layer)))
         self.merge_terms(losses, terms)
         return losses, out.reconstruction

@@ -24,8 +24,9 @@ model = dict(
     quantizer={{_base_.marvel_quantizer}},
     decoder=dict(_delete_=True, type='LatentTokenDecoder', in_channels=12,
                  **vit),
-    # L2, used by the pixel modes
-    reconstruction_loss=dict(type='MSELoss', loss_weight=1.0),
+    # L2 on [0, 1] images as TiTok's pixel losses, used by the pixel modes
+    reconstruction_loss=dict(type='MSELoss', loss_weight=1.0,
+                             pixel_range=(0.0, 1.0)),
     head='proxy',
     num_proxy_codes=512,
     teacher=teacher,
