@@ -9,12 +9,14 @@
 # tanh) over the frozen MaskGIT-VQGAN teacher's 1024 codes; legacy latent
 # reshape on (the released checkpoints need it, TiTok issue #17); the encoder
 # sees [0, 1] images as in TiTok.
-# AdamW lr 1e-4 (0.9, 0.99) wd 1e-4, 10k warm-up then cosine to 1e-5 over
+# AdamW lr 1e-4 (0.9, 0.99) wd 1e-4 (TiTok's exemptions:
+# _base_/schedules/titok_weight_decay.py), 10k warm-up then cosine to 1e-5 over
 # 1M iterations, 8 GPUs x 32 images, fp16, grad-clip 1.0, EMA 0.999.
 _base_ = [
     '../_base_/models/maskgit_vqgan_conv-f16.py',
-    '../_base_/datasets/imagenet_256.py',
+    '../_base_/datasets/imagenet_256_titok.py',
     '../_base_/default_runtime.py',
+    '../_base_/schedules/titok_weight_decay.py',
 ]
 # the MaskGIT-VQGAN teacher converted to vistok
 # (configs/maskgit_vqgan/README.md)
@@ -59,9 +61,7 @@ optim_wrapper = dict(type='AmpOptimWrapper',
                                     lr=1e-4,
                                     betas=(0.9, 0.99),
                                     weight_decay=1e-4),
-                     paramwise_cfg=dict(norm_decay_mult=0.0,
-                                        bias_decay_mult=0.0,
-                                        flat_decay_mult=0.0),
+                     paramwise_cfg={{_base_.titok_paramwise_cfg}},
                      clip_grad=dict(max_norm=1.0))
 param_scheduler = [
     dict(type='LinearLR',
@@ -81,3 +81,10 @@ train_cfg = dict(type='IterBasedTrainLoop',
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(checkpoint=dict(interval=50000))
+# codebook entropy in bits, as TiTok's evaluator reports it (1d-tokenizer
+# evaluator/evaluator.py: log2 of the code frequencies)
+val_evaluator = [
+    dict(metric, log_base=2) if metric['type'] == 'CodebookUsage' else metric
+    for metric in _base_.val_evaluator
+]
+test_evaluator = val_evaluator

@@ -44,7 +44,11 @@ val_evaluator = [
          feature_extractor=dict(type='PytorchFIDInception',
                                 weights_path=inception_weights_path),
          reference=dict(name='imagenet-val-256-center', num_images=50000),
+         # long side int(256 * long / short) as torchvision's Resize(256):
+         # a field of its own so statistics cached under the earlier
+         # rounded rule are not reused
          protocol=dict(crop='resize-short-256-bicubic-center-256',
-                       resize_filter='bicubic', file_format='JPEG')),
+                       resize_filter='bicubic', file_format='JPEG',
+                       long_side='truncated')),
 ]
 test_evaluator = val_evaluator

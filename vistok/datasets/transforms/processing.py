@@ -115,9 +115,16 @@ class RandomResizedCrop(BaseTransform):
 
 @TRANSFORMS.register_module()
 class ResizeShortEdge(BaseTransform):
-    """Resize so that the shorter side is ``size`` (aspect ratio kept; the
-    longer side rounded), as torchvision's ``Resize(int)``; used before a
-    centre crop in the standard ImageNet evaluation protocol.
+    """Resize so that the shorter side is ``size`` and the longer side is
+    ``int(size * long / short)`` (truncated, not rounded), exactly
+    torchvision's ``Resize(int)`` (``_compute_resized_output_size``); an
+    image already of that size is returned unchanged, as torchvision (and
+    PIL) do. On PIL with the default bicubic filter it equals torchvision's
+    ``Resize(size, BICUBIC, antialias=True)`` on a PIL image bit for bit
+    (PIL anti-aliases when downsampling): the first op of TiTok's training
+    and evaluation transforms (bytedance/1d-tokenizer
+    ``data/webdataset_reader.py`` ``ImageTransform``) and of the standard
+    ImageNet evaluation protocol (before a centre crop).
 
     Args:
         size: target length of the shorter side.
@@ -133,12 +140,14 @@ class ResizeShortEdge(BaseTransform):
 
     def transform(self, results: dict) -> dict:
         height, width = results['img'].shape[:2]
-        scale = self.size / min(height, width)
-        new_w, new_h = (max(self.size, round(width * scale)),
-                        max(self.size, round(height * scale)))
-        results['img'] = mmcv.imresize(
-            results['img'], (new_w, new_h),
-            interpolation=self.interpolation, backend=self.backend)
+        short, long = min(height, width), max(height, width)
+        new_long = int(self.size * long / short)  # torchvision's rounding
+        new_w, new_h = ((self.size, new_long) if width <= height else
+                        (new_long, self.size))
+        if (new_h, new_w) != (height, width):
+            results['img'] = mmcv.imresize(
+                results['img'], (new_w, new_h),
+                interpolation=self.interpolation, backend=self.backend)
         results['img_shape'] = (new_h, new_w)
         return results
 
