@@ -18,6 +18,7 @@ from .base import (
     check_indices,
     check_latent,
     check_option_types,
+    flatten_channels_last,
     indices_level,
     merge_level_losses,
     merge_level_stats,
@@ -25,11 +26,17 @@ from .base import (
     straight_through,
     token_levels,
 )
+from .lfq import LookupFreeQuantizer
 
 #: index written for a depth that quantizer dropout removed; ``decode``
 #: gives such a depth a zero contribution
 DROPPED_INDEX = -1
 DEPTH_LOSS_REDUCTIONS = ('sum', 'mean')
+#: where the depths' loss terms are measured (``depth_loss_space``)
+DEPTH_LOSS_SPACES = ('scaled', 'mdq')
+#: MARVEL's official code (PadrickLeee/MDQ, the commit the docstring cites)
+MDQ_COMMIT = '7816c37086502bfa50931734fbfa2995d5f78cff'
+
 
 @QUANTIZERS.register_module()
 class ResidualQuantizer(BaseQuantizer):
@@ -97,6 +104,34 @@ class ResidualQuantizer(BaseQuantizer):
         per_depth_loss: report the loss terms per depth
             (``'depth{d}.loss_commitment'``, ...) instead of one reduced term
             per name; their sum is the same total.
+        depth_loss_space: where the depths' loss terms are measured.
+            ``'scaled'`` (default, vistok): each sub-quantizer's own terms
+            on the input it sees, ``r_d / s_d``; with ``'pow2'`` depth
+            ``d``'s commitment is ``4^d`` times the one on ``r_d``, and an
+            LFQ's entropy is scored against the ±1 codes that depth uses.
+            ``'mdq'``: MARVEL's official weighting (``LookupFreeQuantizer.
+            forward`` in ``modeling/quantizer/quantizer.py`` and
+            ``entropy_loss_fn`` in ``modeling/quantizer/quantizer_utils.py``
+            of PadrickLeee/MDQ at commit :data:`MDQ_COMMIT`), for
+            ``LookupFreeQuantizer`` sub-quantizers without projections or
+            ``spherical``: depth ``d``'s commitment is measured on the
+            unscaled residual, ``w_c · mean (s_d·sign(r_d) - r_d)²`` (the
+            sub-quantizer's term × ``s_d²``; reduced over the depths by
+            ``depth_loss_reduction``, MDQ's is ``'mean'``); the entropy is
+            **one** term on the unscaled residuals of all depths pooled as
+            samples, ``w_e · (mean_{d,n} H(p(·|r_{d,n})) - γ ·
+            H(mean_{d,n} p(·|r_{d,n})))`` with ``p(c|r) ∝ exp(2 r·c / τ)``
+            over the ±1 codes (weights, ``τ``, ``γ`` of depth 0's
+            sub-quantizer), not reduced over the depths; it replaces the
+            sub-quantizers' per-depth ``loss_entropy`` and is reported
+            (``loss_entropy``, ``soft_sample_entropy``,
+            ``soft_codebook_entropy``) at the top level also with
+            ``per_depth_loss``. What remains different from MDQ: MDQ
+            skips the entropy in eval mode (here it is reported in both;
+            eval losses train nothing) and clamps ``log p`` at ``log
+            1e-5`` (the entropy here is exact: equal wherever every code
+            probability is at least 1e-5). The per-depth ``soft_*`` stats
+            stay those of the scaled inputs.
     """
 
     def __init__(self,
@@ -107,7 +142,8 @@ class ResidualQuantizer(BaseQuantizer):
                  dropout_prob: float = 0.0,
                  dropout_min_depth: int = 1,
                  depth_loss_reduction: str = 'sum',
-                 per_depth_loss: bool = False):
+                 per_depth_loss: bool = False,
+                 depth_loss_space: str = 'scaled'):
         check_option_types(
             quantizer=(quantizer, 'quantizer'),
             depth=(depth, 'int'),
@@ -116,7 +152,8 @@ class ResidualQuantizer(BaseQuantizer):
             dropout_prob=(dropout_prob, 'real'),
             dropout_min_depth=(dropout_min_depth, 'int'),
             depth_loss_reduction=(depth_loss_reduction, 'str'),
-            per_depth_loss=(per_depth_loss, 'bool'))
+            per_depth_loss=(per_depth_loss, 'bool'),
+            depth_loss_space=(depth_loss_space, 'str'))
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f'depth must be a positive int, got {depth!r}')
         if not 0.0 <= dropout_prob <= 1.0:
@@ -129,7 +166,13 @@ class ResidualQuantizer(BaseQuantizer):
             raise ValueError(f'depth_loss_reduction must be one of '
                              f'{DEPTH_LOSS_REDUCTIONS}, got '
                              f'{depth_loss_reduction!r}')
+        if depth_loss_space not in DEPTH_LOSS_SPACES:
+            raise ValueError(f'depth_loss_space must be one of '
+                             f'{DEPTH_LOSS_SPACES}, got '
+                             f'{depth_loss_space!r}')
         first = QUANTIZERS.build_or_take(quantizer)
+        if depth_loss_space == 'mdq':
+            self._check_mdq_quantizer(first)
         super().__init__(first.in_channels)
         self.depth = depth
         self.shared_codebook = shared_codebook
@@ -138,6 +181,7 @@ class ResidualQuantizer(BaseQuantizer):
         self.dropout_min_depth = dropout_min_depth
         self.depth_loss_reduction = depth_loss_reduction
         self.per_depth_loss = per_depth_loss
+        self.depth_loss_space = depth_loss_space
         quantizers = [first]
         if not shared_codebook:
             quantizers += [
@@ -145,6 +189,41 @@ class ResidualQuantizer(BaseQuantizer):
                 QUANTIZERS.build_or_take(quantizer) for _ in range(depth - 1)
             ]
         self.quantizers = nn.ModuleList(quantizers)
+
+    @staticmethod
+    def _check_mdq_quantizer(quantizer: nn.Module) -> None:
+        """``depth_loss_space='mdq'`` is MDQ's LFQ: a plain
+        ``LookupFreeQuantizer`` whose code space is its input."""
+        if (not isinstance(quantizer, LookupFreeQuantizer)
+                or quantizer.spherical
+                or quantizer.in_channels != quantizer.codebook_bits):
+            raise ValueError(
+                "depth_loss_space='mdq' (MARVEL's official loss weighting) "
+                'needs a LookupFreeQuantizer sub-quantizer with in_channels '
+                'equal to codebook_bits (no projections) and spherical='
+                f'False, got {quantizer!r}')
+
+    def _mdq_losses(self, losses: List[Dict[str, torch.Tensor]],
+                    entropy_rows: List[torch.Tensor],
+                    stats: Dict[str, torch.Tensor]):
+        """``depth_loss_space='mdq'``: each depth's commitment × ``s_d²``
+        (measured on ``r_d``), its ``loss_entropy`` dropped; returns the
+        pooled entropy term of the unscaled residual rows (or ``{}``) and
+        adds its unweighted parts to ``stats``."""
+        for d, loss in enumerate(losses):
+            loss.pop('loss_entropy', None)
+            if 'loss_commitment' in loss:
+                loss['loss_commitment'] = (loss['loss_commitment'] *
+                                           self.depth_scales[d]**2)
+        lfq = self.quantizers[0]
+        if lfq.entropy_weight <= 0:
+            return {}
+        sample_entropy, codebook_entropy = lfq.entropy_terms(
+            torch.cat(entropy_rows))
+        stats.update(soft_sample_entropy=sample_entropy.detach(),
+                     soft_codebook_entropy=codebook_entropy.detach())
+        return dict(loss_entropy=lfq.entropy_weight *
+                    (sample_entropy - lfq.diversity_gamma * codebook_entropy))
 
     @staticmethod
     def _resolve_scales(depth_scales, depth: int) -> List[float]:
@@ -205,7 +284,7 @@ class ResidualQuantizer(BaseQuantizer):
             num_depths = self._sample_num_depths(z.shape[0], z.device)
         active = self.depth if num_depths is None else int(num_depths.max())
         residual, total = z, None
-        indices, losses, stats = [], [], []
+        indices, losses, stats, entropy_rows = [], [], [], []
         for d in range(active):
             kept = None
             if num_depths is not None:
@@ -213,6 +292,10 @@ class ResidualQuantizer(BaseQuantizer):
                 kept = kept.expand(z.shape[0], *z.shape[2:])
             depth_mask = kept if mask is None else (
                 mask if kept is None else mask & kept)
+            if self.depth_loss_space == 'mdq':
+                rows = flatten_channels_last(residual)[0]
+                entropy_rows.append(rows if depth_mask is None else
+                                    rows[depth_mask.reshape(-1)])
             out = run_quantizer(
                 self.quantizer_at(d),
                 residual / self.depth_scales[d],
@@ -229,7 +312,7 @@ class ResidualQuantizer(BaseQuantizer):
             residual = residual - contribution
             total = contribution if total is None else total + contribution
             indices.append(depth_indices)
-            losses.append(out.loss)
+            losses.append(dict(out.loss))
             stats.append(out.stats)
 
         # depths no sample kept are not run at all
@@ -244,12 +327,17 @@ class ResidualQuantizer(BaseQuantizer):
         stats = merge_level_stats(stats, prefixes)
         if num_depths is not None:
             stats['num_depths'] = num_depths
+        pooled = {}
+        if self.depth_loss_space == 'mdq':
+            pooled = self._mdq_losses(losses, entropy_rows, stats)
+        loss = merge_level_losses(
+            losses, prefixes if self.per_depth_loss else None,
+            self.depth_loss_reduction)
+        loss.update(pooled)
         return QuantizerOutput(
             quantized=straight_through(z, total),
             indices=indices,
-            loss=merge_level_losses(
-                losses, prefixes if self.per_depth_loss else None,
-                self.depth_loss_reduction),
+            loss=loss,
             stats=stats)
 
     @torch.no_grad()
