@@ -321,6 +321,8 @@ FORWARD_EQUIVALENCE_TESTS = {
         'test_converted_base_model_matches_the_official_forward'),
     'var': ('test_tools_var_converter.py',
             'test_teacher_forcing_logits_match_the_official_forward'),
+    'titok_generator': ('test_tools_titok_generator_converter.py',
+                        'test_converted_generators_match_the_official_forward'),
 }
 #: scripts that convert vistok's own checkpoints, not an official layout
 NOT_OFFICIAL_LAYOUTS = {'export_safetensors'}

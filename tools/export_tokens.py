@@ -4,7 +4,7 @@
         --out DIR [--format {wds,seit,compact}] [--model {order0,context}]
         [--keep-shards] [--shard-size N] [--batch-size B]
         [--num-workers W] [--seed S] [--signed-ids] [--flat-sequence]
-        [--llm-ids] [--overwrite]
+        [--llm-ids] [--hflip-pairs] [--overwrite]
         [--cfg-options k=v ...] [--trust-checkpoint] [--device cpu]
 
 Formats (:mod:`vistok.datasets.token_convert`):
@@ -57,6 +57,14 @@ Formats (:mod:`vistok.datasets.token_convert`):
   ``codebook_size`` becomes the bound of the stored ids. Refused when the
   quantizer has no such table. With ``--flat-sequence``: the ids of a
   UniCode MLLM's ``<vistok>`` text.
+* ``--hflip-pairs``: every sample twice, export position ``2i`` the
+  tokens of dataset sample ``i`` as its pipeline gives it and ``2i + 1``
+  those of its horizontal flip (the image flipped after the whole
+  pipeline, with the same per-sample draw), so the export holds ``2N``
+  samples. TiTok's generator recipe tokenises a fixed centre crop with a
+  random flip online (``configs/_base_/recipes/titok_generator.py``): with
+  a frozen tokenizer these are all the token sequences it can see. The
+  flag is part of the export's identity (its ``dataset_sha256``).
 * One process (``--num-workers`` loads data in parallel); exporting with
   several ranks is not supported.
 """
@@ -69,9 +77,14 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 from mmengine.dataset import pseudo_collate  # noqa: E402
-from torch.utils.data import DataLoader, IterableDataset, Subset  # noqa: E402
+from torch.utils.data import (  # noqa: E402
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    Subset,
+)
 
 from vistok.apis.tokenize import load_tokenizer, tokenize  # noqa: E402
 from vistok.datasets.samplers import SeededIndex, draw_seed  # noqa: E402
@@ -151,6 +164,9 @@ def parse_args(argv=None):
     parser.add_argument('--llm-ids', action='store_true',
                         help='store LLM vocabulary ids: codes mapped through '
                         f'the quantizer\'s {LLM_TABLE_NAME} (UniCode)')
+    parser.add_argument('--hflip-pairs', action='store_true',
+                        help='export each sample and its horizontal flip '
+                        '(positions 2i, 2i + 1; see the module docstring)')
     parser.add_argument('--overwrite', action='store_true',
                         help='delete an existing export in --out first')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -187,6 +203,32 @@ def build_dataset(cfg: Config, data: str):
                         f'{type(dataset).__name__}: export_tokens reads '
                         f'samples by position and needs a map-style dataset')
     return dataset
+
+
+class HFlipPairs(Dataset):
+    """``dataset`` with every sample followed by its horizontal flip:
+    position ``2i`` is ``dataset[i]``, ``2i + 1`` the same sample with its
+    ``inputs`` (channel-first, width last) flipped along the width. Both
+    read sample ``i`` under the draw of position ``i`` (``draw_seed(seed,
+    0, i)``), so a random pipeline gives the pair the same image."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return 2 * len(self.dataset)
+
+    def __getitem__(self, idx):
+        source = int(idx) // 2
+        sample = self.dataset[SeededIndex(source,
+                                          draw_seed(self.seed, 0, source))]
+        if int(idx) % 2:
+            if 'inputs' not in sample:
+                raise KeyError(f'--hflip-pairs flips the samples\' inputs; '
+                               f'the dataset gives keys {sorted(sample)}: '
+                               f'its pipeline must end with PackInputs')
+            sample = dict(sample, inputs=sample['inputs'].flip(-1))
+        return sample
 
 
 def stored_ids(model, indices, args, llm_table):
@@ -332,13 +374,17 @@ def main(argv=None):
     model = load_tokenizer(cfg, args.checkpoint, device=args.device)
     llm_table, id_map = llm_ids_of(model, args)
     dataset = build_dataset(cfg, args.data)
+    dataset_cfg = cfg[f'{args.data}_dataloader'].dataset
+    if args.hflip_pairs:
+        dataset = HFlipPairs(dataset, args.seed)
+        dataset_cfg = ConfigDict(dataset_cfg.to_dict(), hflip_pairs=True)
     codebook_size = int(model.codebook_size)
     if llm_table is not None:  # the stored ids are LLM ids
         codebook_size = int(llm_table.max()) + 1
     identity = dict(
         config_sha256=config_sha256(cfg.model),
         checkpoint_sha256=sha256_file(args.checkpoint),
-        dataset_sha256=config_sha256(cfg[f'{args.data}_dataloader'].dataset),
+        dataset_sha256=config_sha256(dataset_cfg),
         data=args.data, seed=args.seed, num_samples=len(dataset),
         shard_size=args.shard_size, codebook_size=codebook_size,
         dtype=index_dtype(codebook_size, args.signed_ids).name,

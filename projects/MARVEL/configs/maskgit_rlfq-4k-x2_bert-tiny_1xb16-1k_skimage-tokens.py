@@ -30,6 +30,7 @@ model = dict(arch=dict(_delete_=True, dim=64, depth=2, num_heads=4,
              # 4.5 are far noisier for this tiny model (67 % vs 99 % of the
              # ids of the photo)
              sampling_mode='maskgit',
+             softmax_temperature_annealing=False,
              choice_temperature=4.5,
              dropout=0.0,
              attn_dropout=0.0,
@@ -37,7 +38,13 @@ model = dict(arch=dict(_delete_=True, dim=64, depth=2, num_heads=4,
 train_dataloader = dict(batch_size=16, num_workers=0,
                         persistent_workers=False,
                         dataset=dict(data_root=token_root))
-optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.0))
+# fp32 on the CPU (the recipe's bf16 autocast is for the GPU runs)
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.96),
+                   weight_decay=0.0),
+    clip_grad=dict(max_norm=1.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
          end=100),

@@ -59,6 +59,21 @@ NoiseFn = Callable[[torch.Size, torch.device, Optional[torch.Generator]],
                    torch.Tensor]
 
 
+class PostNormBlock(TransformerBlock):
+    """BERT's layer (Devlin et al. 2019; Hugging Face ``BertLayer``, the
+    blocks of TiTok's ``ImageBert``): post-LN ``x ← LN(x + attn(x))``, then
+    ``x ← LN(x + ffn(x))``, with :class:`TransformerBlock`'s parameters
+    (``attn_norm`` / ``ffn_norm`` are the two post-norms). Arguments: see
+    :class:`TransformerBlock` (no long skip, RoPE, mask or cache). Dropout
+    in training differs from BERT's in one place: the MLP also drops after
+    its activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, N, D)`` → ``(B, N, D)``."""
+        x = self.attn_norm(x + self.drop_path(self.attn(x)))
+        return self.ffn_norm(x + self.drop_path(self.ffn(x)))
+
+
 @MODELS.register_module()
 class MaskGITGenerator(BaseGenerator):
     """Bidirectional transformer over ``[class token] + N grid tokens``,
@@ -95,15 +110,22 @@ class MaskGITGenerator(BaseGenerator):
     blocks, a mid block, ``depth / 2`` out blocks each fusing the matching
     in-block output by concatenation + linear (TiTok's ``UViTBert``). Both
     with learned absolute positions, a final LayerNorm and a linear head
-    with bias.
+    with bias. ``post_norm=True`` (not with ``long_skip``) is BERT's layout
+    (Devlin et al. 2019; TiTok's ``ImageBert`` is a Hugging Face
+    ``BertModel``): a LayerNorm on the embeddings (after the positions,
+    before the dropout), post-LN blocks (:class:`PostNormBlock`) and no
+    final LayerNorm.
 
     ``arch`` presets (TiTok's generators, ``vocab_size=4096``,
     ``num_classes=1000``): ``'titok-bert'`` (768 wide, 24 blocks, 16 heads,
-    MLP 3072; sizes of the B-64 / L-32 ``ImageBert``, pre-LN here) and
+    MLP 3072; sizes of the B-64 / L-32 ``ImageBert``, pre-LN here),
+    ``'titok-imagebert'`` (the same sizes in ``ImageBert``'s post-LN
+    layout; with ``norm_eps=1e-12`` the released B-64 / L-32 generators
+    convert into it, ``tools/model_converters/titok_generator.py``) and
     ``'titok-uvit'`` (1024, 20 + 1, 16, 4096, U-ViT; TiTok-S-128's
     generator, the same parameters as the official model); or a dict with
     ``dim, depth, num_heads, ffn_dim`` and optional ``qkv_bias``,
-    ``long_skip``.
+    ``long_skip``, ``post_norm``.
 
     Residual (depth) tokens, ``depth_vocab_size`` set — for tokenizers whose
     indices carry a last axis of ``D`` residual depths, each id in its
@@ -158,6 +180,9 @@ class MaskGITGenerator(BaseGenerator):
         'titok-bert':
         dict(dim=768, depth=24, num_heads=16, ffn_dim=3072, qkv_bias=True,
              long_skip=False),
+        'titok-imagebert':
+        dict(dim=768, depth=24, num_heads=16, ffn_dim=3072, qkv_bias=True,
+             long_skip=False, post_norm=True),
         'titok-uvit':
         dict(dim=1024, depth=20, num_heads=16, ffn_dim=4096, qkv_bias=False,
              long_skip=True),
@@ -201,9 +226,13 @@ class MaskGITGenerator(BaseGenerator):
                              "sampling_mode='titok'")
         dim, depth = arch['dim'], arch['depth']
         long_skip = arch.get('long_skip', False)
+        post_norm = arch.get('post_norm', False)
         if long_skip and depth % 2:
             raise ValueError(f'a U-ViT (long_skip=True) needs an even depth, '
                              f'got {depth}')
+        if long_skip and post_norm:
+            raise ValueError('arch: post_norm (BERT) and long_skip (U-ViT) '
+                             'cannot be combined')
         self.token_shape = tuple(token_shape)
         self.num_tokens = int(torch.Size(self.token_shape).numel())
         self.depth_vocab_size = depth_vocab_size
@@ -236,8 +265,10 @@ class MaskGITGenerator(BaseGenerator):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens + 1, dim))
         self.dropout = nn.Dropout(dropout)
 
+        block_type = PostNormBlock if post_norm else TransformerBlock
+
         def block(skip: bool = False) -> TransformerBlock:
-            return TransformerBlock(dim, arch['num_heads'], arch['ffn_dim'],
+            return block_type(dim, arch['num_heads'], arch['ffn_dim'],
                                     norm='layer', ffn='gelu',
                                     qkv_bias=arch.get('qkv_bias', True),
                                     proj_bias=True, dropout=dropout,
@@ -252,7 +283,12 @@ class MaskGITGenerator(BaseGenerator):
         else:
             self.blocks = nn.ModuleList(block() for _ in range(depth))
         self.long_skip = long_skip
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.post_norm = post_norm
+        self.embed_norm = nn.LayerNorm(dim, eps=norm_eps) if post_norm \
+            else None
+        # post-LN blocks end in a norm: BERT has no final one
+        self.norm = nn.Identity() if post_norm else nn.LayerNorm(
+            dim, eps=norm_eps)
         self.head = nn.Linear(dim, vocab_size)
         self._init_parameters()
 
@@ -301,7 +337,10 @@ class MaskGITGenerator(BaseGenerator):
         :meth:`_head`)."""
         h = torch.cat([self.class_embed(labels)[:, None],
                        self.token_embed(self._joint_ids(ids))], dim=1)
-        h = self.dropout(h + self.pos_embed)
+        h = h + self.pos_embed
+        if self.embed_norm is not None:
+            h = self.embed_norm(h)
+        h = self.dropout(h)
         if self.long_skip:
             skips = []
             for blk in self.in_blocks:
