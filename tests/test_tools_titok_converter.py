@@ -325,3 +325,42 @@ def test_released_layouts_map_onto_the_stage2_configs(name):
     generator = sum(p.numel() for k, p in model.named_parameters()
                     if not k.startswith(('ema.', 'discriminator.')))
     assert sum(t.numel() for t in official.values()) == generator
+
+
+@pytest.mark.parametrize('name', ['bl64', 'bl128', 'sl256'])
+def test_single_stage_vq8k_layouts_map_onto_their_configs(name):
+    """The single-stage VQ-8k releases (configs/infer/TiTok/
+    titok_{name}_vq8k.yaml: is_legacy False, no finetune_decoder, VQ 8192 x
+    64 without l2 norm, a large decoder behind a base / small encoder) as
+    full-size official layouts (meta tensors) convert one to one into
+    configs/titok/titok_vq-8k_{name}-pixel_*: every tensor lands, the
+    counts agree."""
+    encoder, tokens = dict(bl64=('base', 64), bl128=('base', 128),
+                           sl256=('small', 256))[name]
+    width, depth, heads = MODEL_SIZES[encoder]
+    with torch.device('meta'):
+        ref = RefTiTok(image_size=256, patch_size=PATCH, width=width,
+                       num_layers=depth, num_heads=heads,
+                       num_latent_tokens=tokens, token_size=64,
+                       codebook_size=8192, use_l2_norm=False,
+                       is_legacy=False, finetune_decoder=False,
+                       decoder_size=MODEL_SIZES['large'])
+    official = dict(ref.state_dict())
+    assert titok.official_head(official) == 'pixel'
+    config = osp.join(REPO_ROOT, 'configs/titok',
+                      f'titok_vq-8k_{name}-pixel_8xb32-1m_in1k-256.py')
+    import vistok.models  # noqa: F401
+    from vistok.registry import MODELS
+    cfg = Config.fromfile(config)
+    with DefaultScope.overwrite_default_scope('vistok'), \
+            torch.device('meta'):
+        model = MODELS.build(cfg.model)
+    assert titok.check_layout(official, model) == 1
+    _, report = convert_state_dict(official, titok.rules_for(model),
+                                   model,
+                                   allow_missing=titok.ALLOW_MISSING)
+    assert set(report.mapping) == set(official)
+    assert {k.split('.')[0] for k in report.allowed_missing} == {'ema'}
+    generator = sum(p.numel() for k, p in model.named_parameters()
+                    if not k.startswith('ema.'))
+    assert sum(t.numel() for t in official.values()) == generator

@@ -288,7 +288,9 @@ class VectorQuantizer(nn.Module):
 
 
 class TiTok(nn.Module):
-    """TiTok with VQ (``quantize_mode='vq'``). ``finetune_decoder`` adds the
+    """TiTok with VQ (``quantize_mode='vq'``); ``decoder_size`` ``(width,
+    layers, heads)`` when the decoder's ``vit_dec_model_size`` differs from
+    the encoder's. ``finetune_decoder`` adds the
     stage-2 ``pixel_quantize`` / ``pixel_decoder`` (MaskGIT-VQGAN) built
     from ``pixel_config`` (a :func:`reference.maskgit_vqgan_official
     .make_config`; default the release's) with ``num_proxy_codes`` codes of
@@ -298,15 +300,22 @@ class TiTok(nn.Module):
     def __init__(self, *, image_size, patch_size, width, num_layers,
                  num_heads, num_latent_tokens, token_size, codebook_size,
                  use_l2_norm=True, is_legacy=True, finetune_decoder=True,
-                 num_proxy_codes=NUM_PROXY_CODES, pixel_config=None):
+                 num_proxy_codes=NUM_PROXY_CODES, pixel_config=None,
+                 decoder_size=None):
         super().__init__()
-        vit = dict(image_size=image_size, patch_size=patch_size, width=width,
-                   num_layers=num_layers, num_heads=num_heads,
+        vit = dict(image_size=image_size, patch_size=patch_size,
                    num_latent_tokens=num_latent_tokens, token_size=token_size,
                    is_legacy=is_legacy)
         self.finetune_decoder = finetune_decoder
-        self.encoder = TiTokEncoder(**vit)
-        self.decoder = TiTokDecoder(num_proxy_codes=num_proxy_codes, **vit)
+        self.encoder = TiTokEncoder(width=width, num_layers=num_layers,
+                                    num_heads=num_heads, **vit)
+        # vit_dec_model_size (e.g. the VQ-8k releases: base / small
+        # encoder, large decoder); default the encoder's
+        dec_width, dec_layers, dec_heads = decoder_size or (
+            width, num_layers, num_heads)
+        self.decoder = TiTokDecoder(width=dec_width, num_layers=dec_layers,
+                                    num_heads=dec_heads,
+                                    num_proxy_codes=num_proxy_codes, **vit)
         self.num_latent_tokens = num_latent_tokens
         scale = width**-0.5
         self.latent_tokens = nn.Parameter(
