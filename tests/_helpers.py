@@ -11,6 +11,18 @@ import torch
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
+def flatten(tree, prefix=''):
+    """``{'a.b.c': leaf}`` of nested dicts (lists and empty dicts are
+    leaves): two configs flattened differ exactly in the keys one
+    overrides."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f'{prefix}.{key}' if prefix else key))
+    return flat
+
+
 def load_tool(path: str, name: str):
     """The tool script at ``path`` (relative to the repo) imported as a
     module called ``name``."""

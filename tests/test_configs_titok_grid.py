@@ -17,7 +17,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from _helpers import REPO_ROOT
+from _helpers import REPO_ROOT, flatten
 
 TITOK = osp.join(REPO_ROOT, 'configs', 'titok')
 PRIMITIVE = 'titok_vq-4k_l32_8xb32-1m_in1k-256'
@@ -83,17 +83,6 @@ def _load(name):
 
 def load(name):
     return copy.deepcopy(_load(name))
-
-
-def flatten(tree, prefix=''):
-    """``{'a.b.c': leaf}`` of nested dicts (lists and empty dicts are
-    leaves)."""
-    if not isinstance(tree, dict) or not tree:
-        return {prefix: tree}
-    flat = {}
-    for key, value in tree.items():
-        flat.update(flatten(value, f'{prefix}.{key}' if prefix else key))
-    return flat
 
 
 def at_512(leaf):

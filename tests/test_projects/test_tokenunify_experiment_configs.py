@@ -14,7 +14,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope
 
-from _helpers import REPO_ROOT
+from _helpers import REPO_ROOT, flatten
 
 CFG_DIR = osp.join(REPO_ROOT, 'projects', 'TokenUnify', 'configs')
 FT = 'emmamba-seg_affinity-3_emmamba-base_8xb6-400e_mec-16x160x160'
@@ -83,17 +83,6 @@ def _load(name):
 def load(name):
     """The config ``name`` (a copy: callers may edit it)."""
     return copy.deepcopy(_load(name))
-
-
-def flatten(tree, prefix=''):
-    """``{'a.b.c': leaf}`` of nested dicts (lists and empty dicts are
-    leaves)."""
-    if not isinstance(tree, dict) or not tree:
-        return {prefix: tree}
-    flat = {}
-    for key, value in tree.items():
-        flat.update(flatten(value, f'{prefix}.{key}' if prefix else key))
-    return flat
 
 
 def test_the_table_covers_every_new_config_and_test_configs_collects_them():
