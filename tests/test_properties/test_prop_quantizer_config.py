@@ -59,7 +59,7 @@ OPTION_KINDS = dict(
         quantizer='quantizer', depth='int', shared_codebook='bool',
         depth_scales='str|reals?', dropout_prob='real',
         dropout_min_depth='int', depth_loss_reduction='str',
-        per_depth_loss='bool'),
+        per_depth_loss='bool', depth_loss_space='str'),
     ProductQuantizer=dict(quantizer='quantizer|quantizers',
                           num_branches='int?', in_channels='int?',
                           share_dropout='bool'),
