@@ -5,6 +5,7 @@ import io
 import json
 import os
 import os.path as osp
+import re
 import runpy
 import shutil
 import subprocess
@@ -210,6 +211,8 @@ def test_cli_export_reads_back_and_decodes_exactly(tmp_path):
                           env=subprocess_env(), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r'export: (\d+)/\1 \(100.0%\), .* img/s, done in',
+                     proc.stderr)  # progress lines in a log (not a tty)
 
     manifest = json.loads((out / 'manifest.json').read_text())
     with open(checkpoint, 'rb') as f:

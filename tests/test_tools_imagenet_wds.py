@@ -87,6 +87,8 @@ def data(tmp_path_factory):
          str(root / 'LOC_val_solution.csv')],
         env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # progress lines in a log (not a tty): 5 val images
+    assert 'val shards: 5/5 (100.0%), ' in proc.stderr
     tool.convert(str(root), str(out), 'train', shard_size=4, seed=0)
     return root, out, proc.stdout
 

@@ -2,6 +2,7 @@
 resume, ranks splitting the chunks, refusals and FID scoring."""
 import os
 import os.path as osp
+import re
 import runpy
 import socket
 import subprocess
@@ -219,8 +220,10 @@ def test_fid_of_the_samples(tool, files, reference, capsys):
         '--feature-extractor', 'type=RandomConvFeatures', 'feature_dim=4',
         'num_classes=0'))
     assert result['fid'] == pytest.approx(float(delta @ delta), rel=1e-3)
-    printed = capsys.readouterr().out
-    assert f'FID protocol {result["fid_protocol"]}' in printed
+    printed = capsys.readouterr()
+    assert f'FID protocol {result["fid_protocol"]}' in printed.out
+    assert re.search(r'sample: (\d+)/\1 \(100.0%\), .* chunk/s, done in',
+                     printed.err)  # progress lines in a log (not a tty)
 
 
 def test_bad_arguments(tool, files):

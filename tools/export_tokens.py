@@ -117,11 +117,7 @@ from vistok.utils.checkpoint import (  # noqa: E402
     write_text_atomic,
 )
 from vistok.utils.fileio import config_sha256, sha256_file  # noqa: E402
-
-try:
-    from tqdm import tqdm
-except ImportError:  # tqdm is optional: plain prints per shard instead
-    tqdm = None
+from vistok.utils.progress import progress  # noqa: E402
 
 #: where --format seit / compact keep the wds shards they convert
 SHARD_DIR = 'shards'
@@ -274,8 +270,7 @@ def tokenize_shard(model, dataset, start: int, stop: int, args, bar,
                 if 'gt_label' in data_sample:
                     sample['gt_label'] = data_sample.gt_label
             samples.append(sample)
-        if bar is not None:
-            bar.update(len(data_samples))
+        bar.update(len(data_samples))
     return structure, samples, layout
 
 
@@ -286,16 +281,13 @@ def export_shards(model, dataset, identity: dict, out: str, args,
     writer = TokenShardWriter(out, identity, overwrite=args.overwrite)
     if writer.next_sample:
         print(f'resuming {out} at sample {writer.next_sample}')
-    bar = None if tqdm is None else tqdm(
-        total=len(dataset), initial=writer.next_sample, unit='img')
+    bar = progress(total=len(dataset), initial=writer.next_sample,
+                   unit='img', desc='export')
     for shard_id, start, stop in writer.pending_shards():
         structure, samples, layout = tokenize_shard(
             model, dataset, start, stop, args, bar, llm_table)
         writer.write_shard(shard_id, structure, samples, sequence=layout)
-        if bar is None:
-            print(f'[{stop}/{len(dataset)}] wrote shard {shard_id}')
-    if bar is not None:
-        bar.close()
+    bar.close()
     print(f'{len(dataset)} samples in {writer.num_shards} shards in {out}')
     return writer.manifest
 

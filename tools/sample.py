@@ -83,11 +83,7 @@ from vistok.utils.checkpoint import (  # noqa: E402
 )
 from vistok.utils.dist import finalize_dist, init_dist  # noqa: E402
 from vistok.utils.fileio import config_sha256, sha256_file  # noqa: E402
-
-try:
-    from tqdm import tqdm
-except ImportError:  # tqdm is optional: a line per chunk instead
-    tqdm = None
+from vistok.utils.progress import progress  # noqa: E402
 
 #: zip member timestamp (the earliest zip allows): byte-reproducible files
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
@@ -434,8 +430,8 @@ def main(argv=None) -> dict:
             if not osp.exists(chunk_path(parts, c))]
     if rank == 0 and len(todo) < len(range(rank, num_chunks, world_size)):
         print(f'resuming {parts}: {len(todo)} of this rank\'s chunks to draw')
-    bar = tqdm(total=len(todo), unit='chunk', disable=rank != 0) \
-        if tqdm is not None else None
+    bar = progress(total=len(todo), unit='chunk', desc='sample',
+                   disable=rank != 0)
     for chunk in todo:
         labels = chunk_labels(chunk, args.batch_size, args.num_images,
                               classes)
@@ -444,12 +440,8 @@ def main(argv=None) -> dict:
         write_npz(chunk_path(parts, chunk),
                   [('arr_0', np.uint8, images.shape, [images]),
                    ('arr_1', np.int64, labels.shape, [labels])])
-        if bar is not None:
-            bar.update()
-        else:
-            print(f'rank {rank}: wrote chunk {chunk} of {num_chunks}')
-    if bar is not None:
-        bar.close()
+        bar.update()
+    bar.close()
     barrier(args)
 
     result = dict(out=out, parts=parts, rank=rank, complete=False)

@@ -2,6 +2,10 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.pkl]
         [--show-dir DIR] [--cfg-options k=v ...] [--launcher ...]
+
+On a terminal a progress bar (rate, ETA) follows the test batches; in a
+log, mmengine's ``Iter(test) [k/N]  eta: ...`` lines come every
+``default_hooks.logger.interval`` batches.
 """
 import argparse
 import os.path as osp
@@ -55,6 +59,9 @@ def main(argv=None):
     if args.show_dir is not None:
         cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [
             dict(type='SaveReconstructionsHook', out_dir=args.show_dir)]
+    # a progress bar on a terminal; in a log, LoggerHook's lines have the ETA
+    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [
+        dict(type='ProgressBarHook')]
     runner = build_runner(cfg, trust_checkpoint=args.trust_checkpoint)
     metrics = runner.test()
     finalize_dist()

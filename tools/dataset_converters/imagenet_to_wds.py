@@ -64,6 +64,7 @@ from vistok.datasets.image_folder import IMG_EXTENSIONS  # noqa: E402
 from vistok.datasets.tar_shards import MANIFEST_FORMAT  # noqa: E402
 from vistok.utils.checkpoint import write_text_atomic  # noqa: E402
 from vistok.utils.fileio import sha256_file  # noqa: E402
+from vistok.utils.progress import progress  # noqa: E402
 
 FORMAT_VERSION = 1
 SHARD_NAME = 'imagenet-{split}-{index:06d}.tar'
@@ -315,17 +316,20 @@ def convert(in_root: str, out: str, split: str, shard_size: int = 1281,
                     complete=False)
     write_text_atomic(json.dumps(manifest, indent=1), manifest_path)
     done = {}
+    bar = progress(total=len(records), unit='img', desc=f'{split} shards')
     with multiprocessing.Pool(workers) if workers > 1 else _Serial() as pool:
         for entry in pool.imap_unordered(ensure_shard, jobs):
             kept = entry.pop('kept')
             done[entry['name']] = entry
-            print(f'[{len(done)}/{len(jobs)}] {"kept" if kept else "wrote"} '
-                  f'{entry["name"]}', flush=True)
+            bar.write(f'[{len(done)}/{len(jobs)}] '
+                      f'{"kept" if kept else "wrote"} {entry["name"]}')
+            bar.update(entry['num_samples'])
             manifest['shards'] = [
                 done.get(osp.basename(j['path']), j['old']) for j in jobs
                 if osp.basename(j['path']) in done or j['old']]
             manifest['complete'] = len(done) == len(jobs)
             write_text_atomic(json.dumps(manifest, indent=1), manifest_path)
+    bar.close()
     return manifest
 
 
