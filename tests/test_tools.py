@@ -87,12 +87,16 @@ def test_export_safetensors_matches_checkpoint(demo, tmp_path):
     assert proc.returncode != 0 and 'has no EMA weights' in proc.stderr
 
 
-def test_test_tool_dumps_predictions(demo, tmp_path):
+def test_test_tool_dumps_predictions(demo, tmp_path, monkeypatch):
+    import io
     import runpy
 
     import mmengine
     work_dir, _ = demo
     tool = runpy.run_path(osp.join(REPO_ROOT, 'tools/test.py'))
+    # on a terminal, a progress bar over the test batches (ProgressBarHook)
+    tty = type('TTY', (io.StringIO,), dict(isatty=lambda self: True))()
+    monkeypatch.setattr(sys, 'stderr', tty)
     out = tmp_path / 'preds.pkl'
     metrics = tool['main']([
         DEMO_CONFIG, osp.join(work_dir, 'iter_120.pth'), '--work-dir',
@@ -102,6 +106,7 @@ def test_test_tool_dumps_predictions(demo, tmp_path):
     predictions = mmengine.load(out)
     assert len(predictions) == 16
     assert predictions[0]['pred_img'].shape == (3, 64, 64)
+    assert '\r' in tty.getvalue() and 'test: 100%' in tty.getvalue()
 
 
 def test_print_config_merges_bases(capsys):

@@ -18,7 +18,9 @@ CHECKPOINT="$(cat "$WORK_DIR/last_checkpoint")"
     --show-dir reconstructions
 cat <<MSG
 
-Demo finished. In $WORK_DIR:
+Demo finished. The run on one sheet (curves, reconstructions, codebook usage):
+  $WORK_DIR/summary.png   (redraw / compare runs: tools/analysis/plot_run.py)
+In $WORK_DIR:
   $(basename "$CHECKPOINT")            last checkpoint (export: tools/model_converters/export_safetensors.py)
   <timestamp>/vis_data/scalars.json   training losses and validation metrics
   reconstructions/                    test images, input | reconstruction

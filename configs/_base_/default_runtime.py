@@ -3,7 +3,10 @@ default_scope = 'vistok'
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50),
+    # log_metric_by_epoch=False: validation metrics are logged at their
+    # iteration (mmengine's default logs the epoch, 0 in iteration-based
+    # runs), so scalars.json holds curves over iterations
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     # vistok's CheckpointHook: atomic writes, never deletes the last good one
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000,

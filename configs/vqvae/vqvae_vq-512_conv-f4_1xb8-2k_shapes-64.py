@@ -5,3 +5,6 @@ _base_ = [
     '../_base_/schedules/adam_2k.py',
     '../_base_/default_runtime.py',
 ]
+# at the end of training: work_dir/summary.png (curves, reconstructions,
+# codebook usage) and the data it shows (summary.npz)
+custom_hooks = [dict(type='RunSummaryHook')]

@@ -27,3 +27,6 @@ default_hooks = dict(
     logger=dict(interval=1),
     checkpoint=dict(interval=4, max_keep_ckpts=2))
 log_processor = dict(window_size=1)
+# no run summary sheet (about 1 s of matplotlib per run); tests that want
+# it add RunSummaryHook (tests/test_engine/test_summary_hook.py)
+custom_hooks = []
