@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from _helpers import REPO_ROOT, subprocess_env
 
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs/vqvae/'
-                       'vqvae_vq-512_conv-f4_1xb8-2k_shapes-64.py')
+                       'vqvae_fsq-1k_conv-f4_1xb8-1500_shapes-64.py')
 
 
 def test_readme_quick_start_names_the_scripts_ci_runs():
@@ -61,8 +61,19 @@ def test_demo_training_lowers_loss_and_raises_psnr(demo):
     # tools/test.py evaluated the last checkpoint and saved reconstructions
     tested = re.findall(r"'psnr': ([0-9.]+)", stdout)
     assert tested and float(tested[-1]) == pytest.approx(psnr[-1], abs=1e-3)
-    pngs = glob.glob(osp.join(work_dir, 'reconstructions', '*.png'))
+    pngs = sorted(glob.glob(osp.join(work_dir, 'reconstructions', '*.png')))
     assert len(pngs) == 256
+    # the pictures decode: input | reconstruction side by side, and the
+    # run's summary sheet (RunSummaryHook), named in the final message
+    from PIL import Image
+    for path in pngs[:3]:
+        with Image.open(path) as image:
+            assert image.size == (2 * 64, 64)
+    summary = osp.join(work_dir, 'summary.png')
+    assert summary in stdout
+    with Image.open(summary) as sheet:
+        sheet.load()
+        assert min(sheet.size) > 300 and len(sheet.getcolors(1 << 20)) > 100
 
 
 def test_export_safetensors_matches_checkpoint(demo, tmp_path):

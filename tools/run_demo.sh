@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quick start: set up (once), train the demo VQ-VAE on the embedded procedural
+# Quick start: set up (once), train the quick-start tokenizer (FSQ) on the embedded procedural
 # dataset, then evaluate its last checkpoint and save reconstructions.
 #   bash tools/run_demo.sh [tools/train.py args, e.g. --cfg-options train_cfg.max_iters=300]
 # WORK_DIR (default work_dirs/demo) and CONFIG can be set in the environment;
@@ -7,7 +7,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${VISTOK_PYTHON:-$(bash "$ROOT/tools/setup_env.sh" | tail -n 1)}"
-CONFIG="${CONFIG:-$ROOT/configs/vqvae/vqvae_vq-512_conv-f4_1xb8-2k_shapes-64.py}"
+CONFIG="${CONFIG:-$ROOT/configs/vqvae/vqvae_fsq-1k_conv-f4_1xb8-1500_shapes-64.py}"
 WORK_DIR="${WORK_DIR:-$ROOT/work_dirs/demo}"
 cd "$ROOT"
 export HF_HUB_OFFLINE=1
