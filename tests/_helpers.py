@@ -23,6 +23,28 @@ def flatten(tree, prefix=''):
     return flat
 
 
+def seeded_draws(dataset, num_workers: int, batches: int = 4,
+                 batch_size: int = 2, seed: int = 3) -> torch.Tensor:
+    """The ``inputs`` of the first ``batches`` batches of ``dataset`` drawn
+    by a seeded :class:`~vistok.datasets.samplers.ResumableInfiniteSampler`
+    with ``num_workers`` DataLoader workers, concatenated: equal for any
+    number of workers when the per-sample augmentation is seeded."""
+    from torch.utils.data import DataLoader
+
+    from vistok.datasets.samplers import ResumableInfiniteSampler
+    sampler = ResumableInfiniteSampler(dataset, shuffle=True, seed=seed)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                        num_workers=num_workers,
+                        collate_fn=lambda batch: torch.stack(
+                            [b['inputs'] for b in batch]))
+    drawn = []
+    for batch in loader:
+        drawn.append(batch)
+        if len(drawn) == batches:
+            break
+    return torch.cat(drawn)
+
+
 def load_tool(path: str, name: str):
     """The tool script at ``path`` (relative to the repo) imported as a
     module called ``name``."""

@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
+from _helpers import seeded_draws
 from vistok.datasets.em import (
     EMCutout,
     EMGaussianBlur,
@@ -19,7 +19,7 @@ from vistok.datasets.em import (
     PackEMInputs,
     gaussian_kernel_1d,
 )
-from vistok.datasets.samplers import ResumableInfiniteSampler, draw_seed
+from vistok.datasets.samplers import draw_seed
 from vistok.utils.rng import seeded_rng
 
 DRAWS = 1000
@@ -109,20 +109,6 @@ def test_noise_and_cutout_parameters():
     assert (out == 0).all()
 
 
-def _inputs(dataset, num_workers):
-    sampler = ResumableInfiniteSampler(dataset, shuffle=True, seed=3)
-    loader = DataLoader(dataset, batch_size=2, sampler=sampler,
-                        num_workers=num_workers,
-                        collate_fn=lambda batch: torch.stack(
-                            [b['inputs'] for b in batch]))
-    batches = []
-    for batch in loader:
-        batches.append(batch)
-        if len(batches) == 4:
-            break
-    return torch.cat(batches)
-
-
 def test_seeded_draws_identical_with_0_or_2_workers(tmp_path):
     path = tmp_path / 'vol.h5'
     with h5py.File(path, 'w') as f:
@@ -136,8 +122,8 @@ def test_seeded_draws_identical_with_0_or_2_workers(tmp_path):
         volumes=[str(path)], raw_key='main', label_key=None,
         normalize='minmax', crop_size=(8, 24, 24), samples_per_epoch=50,
         pipeline=[perturb, dict(type='PackEMInputs')])
-    serial = _inputs(dataset, 0)
-    parallel = _inputs(dataset, 2)
+    serial = seeded_draws(dataset, 0)
+    parallel = seeded_draws(dataset, 2)
     assert serial.shape == (8, 1, 8, 24, 24)
     assert torch.isfinite(serial).all()
     assert torch.equal(serial, parallel)
@@ -146,7 +132,7 @@ def test_seeded_draws_identical_with_0_or_2_workers(tmp_path):
         volumes=[str(path)], raw_key='main', label_key=None,
         normalize='minmax', crop_size=(8, 24, 24), samples_per_epoch=50,
         pipeline=[dict(type='PackEMInputs')])
-    assert not torch.equal(serial, _inputs(clean, 0))
+    assert not torch.equal(serial, seeded_draws(clean, 0))
 
 
 def test_the_target_stays_clean_and_moves_with_geometric_transforms():

@@ -15,14 +15,13 @@ import pytest
 import torch
 from mmengine.config import Config
 from PIL import Image
-from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from _helpers import REPO_ROOT
+from _helpers import REPO_ROOT, seeded_draws
 from vistok.datasets import ImageFolderDataset
 from vistok.datasets.base import build_pipeline
-from vistok.datasets.samplers import ResumableInfiniteSampler, draw_seed
+from vistok.datasets.samplers import draw_seed
 from vistok.utils.rng import seeded_rng
 
 CONFIG = osp.join(REPO_ROOT,
@@ -97,20 +96,6 @@ def test_crop_and_flip_are_the_official_ops_drawn_per_sample(pipeline):
     assert 35 <= sum(flips) <= 65
 
 
-def _batches(dataset, num_workers):
-    sampler = ResumableInfiniteSampler(dataset, shuffle=True, seed=3)
-    loader = DataLoader(dataset, batch_size=2, sampler=sampler,
-                        num_workers=num_workers,
-                        collate_fn=lambda batch: torch.stack(
-                            [b['inputs'] for b in batch]))
-    batches = []
-    for batch in loader:
-        batches.append(batch)
-        if len(batches) == 4:
-            break
-    return torch.cat(batches)
-
-
 def test_identical_with_0_or_2_workers(tmp_path):
     """The config's dataset pipeline over an image folder: 8 draws (two
     epochs of 4 images) are the same with 0 or 2 DataLoader workers, and
@@ -123,8 +108,8 @@ def test_identical_with_0_or_2_workers(tmp_path):
     dataset = ImageFolderDataset(
         data_root=str(tmp_path), data_prefix=dict(img_path='train'),
         pipeline=cfg.train_dataloader.dataset.pipeline)
-    serial = _batches(dataset, 0)
-    parallel = _batches(dataset, 2)
+    serial = seeded_draws(dataset, 0)
+    parallel = seeded_draws(dataset, 2)
     assert serial.shape == (8, 3, SIZE, SIZE)
     assert torch.equal(serial, parallel)
     # every image appears once per epoch; its two draws differ (except the
