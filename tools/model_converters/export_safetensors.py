@@ -2,6 +2,10 @@
 
     python tools/model_converters/export_safetensors.py CKPT OUT.safetensors
         [--ema] [--ema-prefix ema.]
+
+CKPT is a checkpoint file or a sharded checkpoint directory of an FSDP run
+(``iter_N.dcp``, any number of ranks): its shards are consolidated into
+whole tensors in one process.
 """
 import argparse
 import os.path as osp
@@ -15,7 +19,8 @@ from vistok.utils.export import export_safetensors  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('checkpoint')
+    parser.add_argument('checkpoint',
+                        help='checkpoint file or sharded .dcp directory')
     parser.add_argument('out', help='output .safetensors file')
     parser.add_argument('--ema', action='store_true',
                         help='export the EMA weights instead of the model')

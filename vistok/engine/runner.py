@@ -7,6 +7,12 @@ What differs from ``mmengine.runner.Runner`` (0.10.7):
   init_dist` (gloo on machines without GPUs) before mmengine would.
 * ``wrap_model`` builds DDP with ``device_ids=None`` on CPU (mmengine passes
   ``[LOCAL_RANK]``, which DDP rejects for CPU modules).
+* ``model_wrapper_cfg=dict(type='FullyShardWrapper', ...)`` shards the
+  model with FSDP (:mod:`vistok.engine.fsdp`); its weights are initialised
+  before sharding, gradient clipping by norm takes the global norm over
+  the shards, and checkpoints are sharded DCP directories
+  (``iter_N.dcp``, :mod:`vistok.utils.dcp`), written by every rank and
+  loadable on any number of ranks.
 * ``save_checkpoint`` stores only safely loadable types
   (:func:`vistok.utils.checkpoint.to_safe`), adds the python / numpy / torch
   RNG states, and writes atomically. Checkpoints are loaded with
@@ -37,7 +43,7 @@ import time
 import mmengine
 import torch
 from mmengine.device import get_device
-from mmengine.dist import is_distributed, master_only
+from mmengine.dist import get_rank, is_distributed
 from mmengine.fileio import get_file_backend, join_path
 from mmengine.logging import MessageHub
 from mmengine.model import is_model_wrapper
@@ -47,10 +53,15 @@ from mmengine.runner.checkpoint import save_checkpoint, weights_to_cpu
 from mmengine.utils import apply_to
 
 import vistok
+from vistok.engine.fsdp import FullyShardWrapper
 from vistok.engine.optimizers.lr_scaling import (
     check_auto_scale_lr,
     effective_batch_size,
     lr_scale_factor,
+)
+from vistok.engine.sharded_state import (
+    load_optimizer_state_by_name,
+    split_optimizer_state,
 )
 from vistok.models.utils.frozen import init_inference_weights
 from vistok.registry import MODEL_WRAPPERS, RUNNERS
@@ -59,10 +70,19 @@ from vistok.utils.checkpoint import (
     save_checkpoint_atomic,
     to_safe,
 )
-from vistok.utils.dist import init_dist
+from vistok.utils.dcp import (
+    SUFFIX,
+    check_complete,
+    is_sharded_checkpoint,
+    load_sharded,
+    save_sharded,
+    sharded_keys,
+    split_tensors,
+)
+from vistok.utils.dist import clip_grad_norm_, init_dist
 from vistok.utils.rng import get_rng_state
 
-_CKPT_NUMBER = re.compile(r'(?:iter|epoch)_(\d+)\.pth$')
+_CKPT_NUMBER = re.compile(r'(?:iter|epoch)_(\d+)\.(?:pth|dcp)$')
 
 
 def _unbuilt(schedulers) -> bool:
@@ -78,8 +98,9 @@ def _unbuilt(schedulers) -> bool:
 
 def candidate_checkpoints(work_dir):
     """Checkpoints of ``work_dir`` to resume from, newest first: the one named
-    in ``last_checkpoint``, then ``iter_N.pth`` / ``epoch_N.pth`` by
-    decreasing ``N``."""
+    in ``last_checkpoint``, then ``iter_N.pth`` / ``epoch_N.pth`` (or the
+    sharded ``.dcp`` directories) by decreasing ``N``; unfinished
+    ``.partial`` directories are never candidates."""
     found = []
     pointer = osp.join(work_dir, 'last_checkpoint')
     if osp.isfile(pointer):
@@ -201,7 +222,28 @@ class VistokRunner(Runner):
             number += 1
             self._timestamp = f'{base}_{number}'
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded with FSDP (checkpoints are then
+        sharded directories)."""
+        return isinstance(self.model, FullyShardWrapper)
+
+    def checkpoint_filename(self, filename: str) -> str:
+        """The name a checkpoint called ``filename`` (``iter_N.pth``) is
+        saved under: ``iter_N.dcp`` for a sharded model."""
+        if self.sharded:
+            return osp.splitext(filename)[0] + SUFFIX
+        return filename
+
     def wrap_model(self, model_wrapper_cfg, model):
+        if (model_wrapper_cfg or {}).get('type') == 'FullyShardWrapper':
+            if not self.distributed:
+                self.logger.info('model_wrapper_cfg asks for FSDP, but this '
+                                 'is a single process: training unwrapped.')
+                return model.to(get_device())
+            return MODEL_WRAPPERS.build(
+                model_wrapper_cfg,
+                default_args=dict(module=model.to(get_device())))
         if (self.distributed and not is_model_wrapper(model)
                 and getattr(model, 'syncs_gradients', False)):
             cfg = dict(type='GradientSyncWrapper')
@@ -221,6 +263,48 @@ class VistokRunner(Runner):
             cfg, default_args=dict(module=model.to(get_device()),
                                    device_ids=None))
 
+    def _init_model_weights(self) -> None:
+        """mmengine's initialisation; an FSDP model is initialised whole,
+        then sharded here, and the optimizers (already built) are given
+        its shards (:meth:`~vistok.engine.fsdp.FullyShardWrapper.shard`).
+        mmengine would broadcast rank 0's *shards* over the others'."""
+        if not self.sharded:
+            super()._init_model_weights()
+            return
+        optimizers = []
+        if isinstance(self.optim_wrapper, OptimWrapper):
+            optimizers = [wrapper.optimizer for _, wrapper in
+                          self._optim_wrappers(self.optim_wrapper)]
+        self.model.shard(init_weights=True, optimizers=optimizers)
+
+    def build_optim_wrapper(self, optim_wrapper):
+        """mmengine's; for an FSDP model, gradient clipping by norm uses
+        the global norm over the shards and replicated parameters
+        (:func:`vistok.utils.dist.clip_grad_norm_`), and fp16 loss scaling
+        (``AmpOptimWrapper``) is refused: FSDP's mixed precision is its
+        ``param_dtype`` (or ``AutocastOptimWrapper``'s bf16)."""
+        built = super().build_optim_wrapper(optim_wrapper)
+        if self.sharded:
+            for name, wrapper in self._optim_wrappers(built):
+                if type(wrapper).__name__ == 'AmpOptimWrapper':
+                    raise ValueError(
+                        f'optim_wrapper {name or ""}: AmpOptimWrapper\'s '
+                        'fp16 loss scaling is not supported with FSDP; use '
+                        "model_wrapper_cfg.param_dtype='bfloat16' or "
+                        'AutocastOptimWrapper')
+                if getattr(wrapper, 'clip_func', None) is \
+                        torch.nn.utils.clip_grad_norm_:
+                    wrapper.clip_func = clip_grad_norm_
+        return built
+
+    @staticmethod
+    def _optim_wrappers(optim_wrapper):
+        """``(name, wrapper)`` pairs of a built wrapper or wrapper dict
+        (name ``''`` for a single wrapper)."""
+        if isinstance(optim_wrapper, OptimWrapperDict):
+            return list(optim_wrapper.items())
+        return [('', optim_wrapper)]
+
     def val(self) -> dict:
         """Validate a loaded model (see :meth:`test`)."""
         init_inference_weights(self.model)
@@ -233,15 +317,20 @@ class VistokRunner(Runner):
         init_inference_weights(self.model)
         return super().test()
 
-    @master_only
     def save_checkpoint(self, out_dir, filename, file_client_args=None,
                         save_optimizer=True, save_param_scheduler=True,
                         meta=None, by_epoch=True, backend_args=None):
         """Save model, optimizer, schedulers, message hub and RNG states.
 
         Same arguments as mmengine's; ``file_client_args`` is not supported
-        (use ``backend_args``). Local paths are written atomically.
+        (use ``backend_args``). Local paths are written atomically. Every
+        rank calls it (as mmengine's ``CheckpointHook`` does); rank 0
+        writes the file, or, for an FSDP model, every rank writes its
+        shards into the directory ``filename`` (named by
+        :meth:`checkpoint_filename`; local paths only).
         """
+        if not self.sharded and get_rank() != 0:
+            return
         if file_client_args is not None:
             raise ValueError('file_client_args is deprecated in mmengine and '
                              'not supported by vistok: use backend_args')
@@ -268,10 +357,17 @@ class VistokRunner(Runner):
         to_cpu = (lambda x: hasattr(x, 'cpu'), lambda x: x.cpu())
         checkpoint = dict(
             meta=meta,
-            state_dict=weights_to_cpu(model.state_dict()),
+            state_dict=(model.state_dict() if self.sharded else
+                        weights_to_cpu(model.state_dict())),
             message_hub=apply_to(self.message_hub.state_dict(), *to_cpu),
             rng_state=get_rng_state())
-        if save_optimizer:
+        if save_optimizer and self.sharded:
+            checkpoint['optimizer'] = {
+                name: split_optimizer_state(model, wrapper.optimizer,
+                                            f'optimizer.{name}')
+                for name, wrapper in self._optim_wrappers(self.optim_wrapper)
+            }
+        elif save_optimizer:
             if not isinstance(self.optim_wrapper, OptimWrapper):
                 raise TypeError('self.optim_wrapper should be an OptimWrapper '
                                 'or OptimWrapperDict, but got '
@@ -290,18 +386,98 @@ class VistokRunner(Runner):
         self.call_hook('before_save_checkpoint', checkpoint=checkpoint)
         filepath = join_path(out_dir, filename, backend_args=backend_args)
         backend = get_file_backend(filepath, backend_args=backend_args)
-        if type(backend).__name__ == 'LocalBackend':
+        if self.sharded:
+            if type(backend).__name__ != 'LocalBackend':
+                raise ValueError('sharded (FSDP) checkpoints are written to '
+                                 f'local or mounted paths only, not '
+                                 f'{filepath}')
+            self._save_sharded(filepath, checkpoint)
+        elif type(backend).__name__ == 'LocalBackend':
             save_checkpoint_atomic(checkpoint, filepath)
         else:  # remote storage: no rename, but still safely loadable
             save_checkpoint(to_safe(checkpoint), filepath,
                             backend_args=backend_args)
 
+    def _save_sharded(self, path, checkpoint: dict) -> None:
+        """Write ``checkpoint`` as the sharded directory ``path``: the
+        model's and optimizers' tensors with DCP, the rest safely
+        (:func:`vistok.utils.dcp.save_sharded`)."""
+        tensors = {f'model.{k}': v
+                   for k, v in checkpoint.pop('state_dict').items()}
+        optimizers = checkpoint.pop('optimizer', None)
+        if optimizers is not None:
+            checkpoint['optimizer'] = {}
+            for name, (skeleton, flat) in optimizers.items():
+                checkpoint['optimizer'][name] = skeleton
+                tensors.update(flat)
+        save_sharded(path, tensors, checkpoint)
+
     def load_checkpoint(self, filename, map_location='cpu', strict=False,
                         revise_keys=[(r'^module.', '')]):
-        checkpoint = super().load_checkpoint(filename, map_location, strict,
-                                             revise_keys)
+        """mmengine's, and sharded checkpoint directories (written by an
+        FSDP run with any number of ranks) into a sharded or unsharded
+        model."""
+        if is_sharded_checkpoint(filename):
+            checkpoint = self._load_sharded(str(filename), strict)
+        else:
+            checkpoint = super().load_checkpoint(filename, map_location,
+                                                 strict, revise_keys)
         self.resumed_rng_state = checkpoint.get('rng_state')
         return checkpoint
+
+    def _load_sharded(self, path: str, strict: bool) -> dict:
+        """Load the sharded checkpoint ``path`` into the model (and, when
+        resuming, into the optimizers); returns its non-tensor part for
+        mmengine's ``resume``."""
+        checkpoint = check_complete(path)
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) \
+            else self.model
+        state = model.state_dict()
+        saved = {k[len('model.'):] for k in sharded_keys(path, 'model.')}
+        missing = sorted(set(state) - saved)
+        unexpected = sorted(saved - set(state))
+        if strict and (missing or unexpected):
+            raise CheckpointLoadError(
+                f'{path} does not match the model: missing {missing[:5]}, '
+                f'unexpected {unexpected[:5]}')
+        if missing or unexpected:
+            self.logger.warning(f'{path}: keys missing in the checkpoint '
+                                f'{missing}; unexpected {unexpected}')
+        _, targets = split_tensors(
+            {k: v for k, v in state.items() if k in saved}, 'model')
+        load_sharded(path, targets)
+        model.load_state_dict({k[len('model.'):]: v
+                               for k, v in targets.items()}, strict=False)
+        optimizers = checkpoint.pop('optimizer', None)
+        if self._resuming_optimizer and optimizers is not None:
+            for name, wrapper in self._optim_wrappers(self.optim_wrapper):
+                if name not in optimizers:
+                    raise CheckpointLoadError(
+                        f'{path} has no state for optimizer {name!r} '
+                        f'(it has {sorted(optimizers)})')
+                load_optimizer_state_by_name(model, wrapper.optimizer,
+                                             optimizers[name], path,
+                                             f'optimizer.{name}')
+        self._has_loaded = True
+        self.logger.info(f'Load sharded checkpoint from {path}')
+        return checkpoint
+
+    _resuming_optimizer = False
+
+    def resume(self, filename, resume_optimizer=True,
+               resume_param_scheduler=True, map_location='default'):
+        """mmengine's; a sharded checkpoint's optimizer states are loaded
+        with the model by :meth:`load_checkpoint`, re-sharded to this
+        run."""
+        self._resuming_optimizer = resume_optimizer
+        if resume_optimizer and is_sharded_checkpoint(filename):
+            self.optim_wrapper = self.build_optim_wrapper(self.optim_wrapper)
+        try:
+            super().resume(filename, resume_optimizer,
+                           resume_param_scheduler, map_location)
+        finally:
+            self._resuming_optimizer = False
 
     def load_or_resume(self):
         if self._has_loaded or not (self._resume and self._load_from is None):

@@ -24,6 +24,7 @@ from typing import Iterable
 import torch
 import torch.distributed as torch_dist
 from mmengine.logging import print_log
+from torch.distributed.tensor import DTensor
 
 
 def _slurm_env(port=None) -> None:
@@ -125,10 +126,12 @@ def broadcast_from_rank0_(tensor: torch.Tensor) -> torch.Tensor:
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """Average the gradients of ``params`` over ranks (no-op when not
     distributed). A parameter without a gradient on some rank gets zeros
-    there if any rank has one, so every rank steps the same parameters."""
+    there if any rank has one, so every rank steps the same parameters.
+    Sharded parameters (``DTensor``, FSDP) are skipped: FSDP has already
+    reduce-scattered their gradients."""
     if not is_distributed():
         return
-    params = [p for p in params if p.requires_grad]
+    params = [p for p in params if p.requires_grad and not is_sharded(p)]
     has_grad = torch.tensor([p.grad is not None for p in params],
                             dtype=torch.float32)
     all_reduce_sum_(has_grad)
@@ -146,6 +149,61 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (e.g. a parameter sharded by
+    FSDP's ``fully_shard``)."""
+    return isinstance(tensor, DTensor)
+
+
+@torch.no_grad()
+def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False,
+                    foreach=None) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` over parameters that may mix
+    FSDP shards (``DTensor``) and whole (replicated) tensors: the norm is
+    the global one — every shard's contribution summed over its ranks, each
+    replicated gradient counted once — so all ranks scale by the same
+    factor, the one a single process holding the full model would use.
+    Returns the total norm as a plain tensor. ``foreach`` is accepted for
+    signature compatibility."""
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm_type = float(norm_type)
+    if not grads:
+        return torch.tensor(0.0)
+    local = [g.to_local() if is_sharded(g) else g for g in grads]
+    sharded = [is_sharded(g) for g in grads]
+    if norm_type == float('inf'):
+        parts = [g.detach().abs().max().float() if g.numel() else
+                 torch.zeros(()) for g in local]
+        shard = max((v for v, s in zip(parts, sharded) if s),
+                    default=torch.zeros(()))
+        if any(sharded):
+            torch_dist.all_reduce(shard, op=torch_dist.ReduceOp.MAX)
+        whole = max((v for v, s in zip(parts, sharded) if not s),
+                    default=torch.zeros(()))
+        total = torch.maximum(shard, whole)
+    else:
+        parts = [torch.linalg.vector_norm(g.detach().float(), norm_type)
+                 ** norm_type for g in local]
+        shard = sum((v for v, s in zip(parts, sharded) if s),
+                    torch.zeros(()))
+        if any(sharded):
+            torch_dist.all_reduce(shard)
+        whole = sum((v for v, s in zip(parts, sharded) if not s),
+                    torch.zeros(()))
+        total = (shard + whole) ** (1.0 / norm_type)
+    if error_if_nonfinite and not torch.isfinite(total):
+        raise RuntimeError(f'the total norm of order {norm_type} of the '
+                           f'gradients is non-finite, so it cannot be '
+                           f'clipped')
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in local:
+        g.mul_(coef.to(g.dtype))
+    return total
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,11 @@
-"""Export a checkpoint's model weights (or its EMA weights) to safetensors."""
+"""Export a checkpoint's model weights (or its EMA weights) to safetensors:
+a vistok checkpoint file or a sharded (FSDP) checkpoint directory, whose
+shards are consolidated into whole tensors."""
 import torch
 from safetensors.torch import save_file
 
 from .checkpoint import load_checkpoint_file
+from .dcp import check_complete, consolidate, is_sharded_checkpoint
 
 
 def extract_weights(checkpoint, ema=False, ema_prefix='ema.'):
@@ -40,9 +43,15 @@ def extract_weights(checkpoint, ema=False, ema_prefix='ema.'):
 
 def export_safetensors(checkpoint_path, out_path, ema=False,
                        ema_prefix='ema.'):
-    """Load ``checkpoint_path`` safely and write its weights to
+    """Load ``checkpoint_path`` (a file, or a sharded checkpoint directory
+    written by any number of ranks) safely and write its weights to
     ``out_path``. Returns the number of tensors written."""
-    checkpoint = load_checkpoint_file(checkpoint_path, map_location='cpu')
+    if is_sharded_checkpoint(checkpoint_path):
+        check_complete(checkpoint_path)
+        checkpoint = dict(state_dict=consolidate(checkpoint_path))
+    else:
+        checkpoint = load_checkpoint_file(checkpoint_path,
+                                          map_location='cpu')
     weights = extract_weights(checkpoint, ema=ema, ema_prefix=ema_prefix)
     tensors = {k: v.contiguous() for k, v in weights.items()
                if isinstance(v, torch.Tensor)}

@@ -269,6 +269,10 @@ class TokenUnifyPretrainer(BaseModel):
         init_cfg: mmengine weight-initialisation config.
     """
 
+    #: FSDP units (``vistok.engine.fsdp``): the Mamba layers
+    FSDP_BLOCK_TYPES = ('EMMambaLayer', )
+
+
     #: ``train_step`` averages gradients over ranks itself
     syncs_gradients = True
 

@@ -20,8 +20,17 @@ class CheckpointHook(MMEngineCheckpointHook):
 
     Registered under the same name in vistok's ``HOOKS``: with
     ``default_scope='vistok'``, ``dict(type='CheckpointHook', ...)`` builds
-    this hook. Arguments are mmengine's.
+    this hook. Arguments are mmengine's. A sharded (FSDP) run's checkpoints
+    are directories (``iter_N.dcp``, see
+    :meth:`vistok.engine.runner.VistokRunner.checkpoint_filename`).
     """
+
+    def _filename(self, runner, step) -> str:
+        """The checkpoint name of ``step``: ``iter_N.pth``, or the name the
+        runner gives it (``iter_N.dcp`` for a sharded model)."""
+        name = self.filename_tmpl.format(step)
+        rename = getattr(runner, 'checkpoint_filename', None)
+        return rename(name) if rename is not None else name
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         outdated = []
@@ -34,7 +43,7 @@ class CheckpointHook(MMEngineCheckpointHook):
             runner.message_hub.update_info('keep_ckpt_ids',
                                            list(self.keep_ckpt_ids))
 
-        ckpt_filename = self.filename_tmpl.format(step)
+        ckpt_filename = self._filename(runner, step)
         self.last_ckpt = self.file_backend.join_path(self.out_dir,
                                                      ckpt_filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
@@ -54,7 +63,7 @@ class CheckpointHook(MMEngineCheckpointHook):
                           osp.join(runner.work_dir, 'last_checkpoint'))
         for old_step in outdated:
             path = self.file_backend.join_path(
-                self.out_dir, self.filename_tmpl.format(old_step))
+                self.out_dir, self._filename(runner, old_step))
             if self.file_backend.isfile(path):
                 self.file_backend.remove(path)
             elif self.file_backend.isdir(path):

@@ -142,6 +142,10 @@ class BaseGenerator(BaseModel):
         init_cfg: mmengine initialisation config.
     """
 
+    #: FSDP units (``vistok.engine.fsdp``): the transformer blocks
+    FSDP_BLOCK_TYPES = ('TransformerBlock', 'AdaLNSelfAttn')
+
+
     token_shape: Union[Sequence[int], Sequence[Sequence[int]]]
 
     def __init__(self,

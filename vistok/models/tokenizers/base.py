@@ -152,6 +152,11 @@ class BaseTokenizer(BaseModel):
     default_reconstruction_loss = dict(type='L1Loss')
     #: ``train_step`` averages gradients over ranks itself
     syncs_gradients = True
+    #: FSDP units (``vistok.engine.fsdp``): transformer blocks, conv stages
+    FSDP_BLOCK_TYPES = ('TransformerBlock', 'ResolutionLevel', 'MidBlock')
+    #: kept whole under FSDP: codebooks are small and written in the forward
+    #: pass (k-means initialisation, restarts, EMA codebooks)
+    FSDP_REPLICATED = ('quantizer', )
 
     def __init__(self,
                  *,
@@ -249,6 +254,13 @@ class BaseTokenizer(BaseModel):
     def reconstruct(self, images: torch.Tensor) -> TokenizerOutput:
         """Full pass on ``images`` ``(B, C, H, W)`` in [-1, 1]; the
         reconstruction must equal ``decode(encode(images))``."""
+
+    def fsdp_gathered_parameters(self) -> List[str]:
+        """Parameters read outside their module's forward: under FSDP
+        their unit keeps its gathered weights until the backward pass
+        (:mod:`vistok.engine.fsdp`). The adaptive GAN weight differentiates
+        the losses at ``last_layer``."""
+        return [self.last_layer] if self.discriminator is not None else []
 
     def default_last_layer(self) -> str:
         """The parameter of the adaptive GAN weight when the config names
