@@ -6,6 +6,9 @@
         [--num-workers W] [--seed S] [--signed-ids] [--flat-sequence]
         [--llm-ids] [--hflip-pairs] [--overwrite]
         [--cfg-options k=v ...] [--trust-checkpoint] [--device cpu]
+        [--launcher {auto,none,pytorch,slurm}]
+    torchrun --nproc_per_node N tools/export_tokens.py CONFIG CHECKPOINT ...
+    bash tools/dist_export_tokens.sh CONFIG CHECKPOINT N [args ...]
 
 Formats (:mod:`vistok.datasets.token_convert`):
 
@@ -65,8 +68,19 @@ Formats (:mod:`vistok.datasets.token_convert`):
   random flip online (``configs/_base_/recipes/titok_generator.py``): with
   a frozen tokenizer these are all the token sequences it can see. The
   flag is part of the export's identity (its ``dataset_sha256``).
-* One process (``--num-workers`` loads data in parallel); exporting with
-  several ranks is not supported.
+* Several processes (``torchrun``, ``tools/dist_export_tokens.sh``, or
+  ``--launcher slurm`` under srun; ``--launcher auto``, the default, joins
+  a process group when ``WORLD_SIZE`` > 1: gloo on CPU, NCCL with
+  ``--device cuda``, each rank on its local GPU): the export is the one a
+  single process writes, byte for byte. Shard ``k`` holds samples ``k *
+  shard-size ..`` whichever rank writes it; rank 0 verifies the directory
+  and hands the pending shards out round-robin; each rank writes its shards
+  with a shard record each (``tokens-XXXXXX.tar.json``, their sha256);
+  after a barrier rank 0 folds the records into the one manifest (and
+  deletes them), then converts to ``--format seit / compact``. Resume keeps
+  every shard that matches its sha256 (in the manifest or its record),
+  whichever rank wrote it and with any number of processes; a killed rank
+  only loses the shard it was writing. Every rank returns None but rank 0.
 """
 import argparse
 import json
@@ -77,6 +91,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+import torch.distributed as torch_dist  # noqa: E402
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 from mmengine.dataset import pseudo_collate  # noqa: E402
 from torch.utils.data import (  # noqa: E402
@@ -116,12 +131,22 @@ from vistok.utils.checkpoint import (  # noqa: E402
     trust_pickled_checkpoints,
     write_text_atomic,
 )
+from vistok.utils.dist import (  # noqa: E402
+    finalize_dist,
+    get_rank,
+    init_dist,
+    is_distributed,
+)
 from vistok.utils.fileio import config_sha256, sha256_file  # noqa: E402
 from vistok.utils.progress import progress  # noqa: E402
 
 #: where --format seit / compact keep the wds shards they convert
 SHARD_DIR = 'shards'
 RECORD_NAME = 'export.json'
+#: seconds a rank waits at a collective: the others may still tokenise their
+#: shards, or rank 0 convert a whole dataset (a killed rank ends the job
+#: through torchrun / srun, not through this timeout)
+DIST_TIMEOUT_S = 24 * 3600
 
 
 def parse_args(argv=None):
@@ -170,7 +195,12 @@ def parse_args(argv=None):
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='allow loading the checkpoint as a full pickle; '
                         'this can execute code from the file')
-    parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
+    parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda '
+                        '(several processes: cuda = each rank\'s local GPU)')
+    parser.add_argument('--launcher', default='auto',
+                        choices=['auto', 'none', 'pytorch', 'slurm'],
+                        help='several processes: auto = pytorch when '
+                        'WORLD_SIZE > 1 (torchrun), else none')
     args = parser.parse_args(argv)
     if args.signed_ids and args.format != 'wds':
         parser.error('--signed-ids needs --format wds (the seit and compact '
@@ -274,22 +304,75 @@ def tokenize_shard(model, dataset, start: int, stop: int, args, bar,
     return structure, samples, layout
 
 
+def setup_dist(args) -> bool:
+    """Join the process group of ``--launcher`` (``auto``: pytorch when
+    torchrun set ``WORLD_SIZE`` > 1); True when this call created it (and
+    :func:`main` should destroy it), False when there is none or the caller
+    made it."""
+    launcher = args.launcher
+    if launcher == 'auto':
+        several = int(os.environ.get('WORLD_SIZE', '1')) > 1
+        launcher = 'pytorch' if several else 'none'
+    if launcher == 'none' or torch_dist.is_initialized():
+        return False
+    init_dist(launcher, backend='gloo' if args.device == 'cpu' else None,
+              timeout=DIST_TIMEOUT_S)
+    return True
+
+
+def broadcast_from_rank0(obj):
+    """``obj`` of rank 0 on every rank (as it is without several
+    processes)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def export_shards(model, dataset, identity: dict, out: str, args,
-                  llm_table=None) -> dict:
+                  llm_table=None):
     """Export (or resume exporting) the wds shards of ``dataset`` into
-    ``out``; returns the manifest."""
-    writer = TokenShardWriter(out, identity, overwrite=args.overwrite)
-    if writer.next_sample:
-        print(f'resuming {out} at sample {writer.next_sample}')
-    bar = progress(total=len(dataset), initial=writer.next_sample,
-                   unit='img', desc='export')
-    for shard_id, start, stop in writer.pending_shards():
+    ``out``; returns the manifest (None on ranks other than 0).
+
+    Several processes: rank 0 verifies ``out`` and hands the pending shards
+    out round-robin; each writes its shards and their shard records; after
+    a barrier rank 0 folds the records into the manifest."""
+    shared, rank = is_distributed(), get_rank()
+    world_size = torch_dist.get_world_size() if shared else 1
+    state = None
+    if rank == 0:
+        writer = TokenShardWriter(out, identity, overwrite=args.overwrite,
+                                  shared=shared)
+        state = (writer.manifest, writer.recorded)
+    manifest, recorded = broadcast_from_rank0(state)
+    if rank != 0:
+        differ = [k for k in identity if manifest.get(k) != identity[k]]
+        if differ:
+            raise ValueError(f'rank {rank} exports another {differ} than '
+                             f'rank 0: every rank must run the same command')
+        writer = TokenShardWriter.attach(out, manifest, recorded)
+    pending = list(writer.pending_shards())
+    done = len(dataset) - sum(stop - start for _, start, stop in pending)
+    if done and rank == 0:
+        print(f'resuming {out}: {done} of {len(dataset)} samples kept')
+    mine = pending[rank::world_size]
+    desc = f'export (rank {rank}/{world_size})' if shared else 'export'
+    bar = progress(total=sum(stop - start for _, start, stop in mine)
+                   + (0 if shared else done), initial=0 if shared else done,
+                   unit='img', desc=desc)
+    for shard_id, start, stop in mine:
         structure, samples, layout = tokenize_shard(
             model, dataset, start, stop, args, bar, llm_table)
         writer.write_shard(shard_id, structure, samples, sequence=layout)
     bar.close()
+    if shared:
+        torch_dist.barrier()
+    if rank != 0:
+        return None
+    manifest = writer.finish()
     print(f'{len(dataset)} samples in {writer.num_shards} shards in {out}')
-    return writer.manifest
+    return manifest
 
 
 def seit_codebook(model):
@@ -357,7 +440,19 @@ def finished_export(args, identity: dict):
 
 
 def main(argv=None):
+    """Run the export; returns the manifest (``--format wds``) or the
+    record of ``export.json``, on rank 0 (None on the other ranks)."""
     args = parse_args(argv)
+    owns_group = setup_dist(args)
+    result = export(args)
+    if owns_group:  # not on errors: torchrun / srun end the other ranks
+        finalize_dist()
+    return result
+
+
+def export(args):
+    """:func:`main` after the process group is set up."""
+    rank = get_rank()
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -395,20 +490,26 @@ def main(argv=None):
     dst = osp.join(args.out, converted_name(args))
     outputs = output_files(dst, args.format)
     record_path = osp.join(args.out, RECORD_NAME)
-    if args.overwrite:
-        for path in [record_path, *outputs]:
-            if osp.exists(path):
-                os.remove(path)
-    record = finished_export(args, identity)
-    if record is not None:
-        print(f'{args.out} already holds this export ({record_path})')
-        return record
     shard_dir = osp.join(args.out, SHARD_DIR)
-    if not osp.isdir(shard_dir) and any(osp.exists(p) for p in outputs):
-        raise FileExistsError(
-            f'{dst} exists but {args.out} has neither {RECORD_NAME} nor '
-            f'{SHARD_DIR}/: choose a new --out or pass --overwrite')
+    record = None
+    if rank == 0:  # the checks that read and delete files
+        if args.overwrite:
+            for path in [record_path, *outputs]:
+                if osp.exists(path):
+                    os.remove(path)
+        record = finished_export(args, identity)
+        if record is None and not osp.isdir(shard_dir) and any(
+                osp.exists(p) for p in outputs):
+            raise FileExistsError(
+                f'{dst} exists but {args.out} has neither {RECORD_NAME} nor '
+                f'{SHARD_DIR}/: choose a new --out or pass --overwrite')
+    if broadcast_from_rank0(record is not None):
+        if rank == 0:
+            print(f'{args.out} already holds this export ({record_path})')
+        return record
     export_shards(model, dataset, identity, shard_dir, args)
+    if rank != 0:  # rank 0 converts the shards
+        return None
     result = convert_tokens(shard_dir, dst, args.format, model=args.model,
                             overwrite=True)
     codebook = seit_codebook(model) if args.format == 'seit' else None

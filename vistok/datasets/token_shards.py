@@ -18,6 +18,18 @@ sample had a ``sample_idx`` / ``gt_label``. Shards are written to
 ``<name>.tmp`` and renamed when complete, with fixed tar metadata, so the
 same export gives byte-identical shards.
 
+Several processes can write one export (``TokenShardWriter(...,
+shared=True)`` on rank 0, :meth:`TokenShardWriter.attach` on the others):
+shard ``k`` still holds samples ``k * shard_size ..``, whichever rank
+writes it, and next to each shard it writes the rank leaves a *shard
+record* ``<name>.json`` (the shard's manifest entry plus its
+``structure`` / ``levels`` / ``sequence``, written atomically after the
+shard). Rank 0 folds the records into the manifest when every rank is done
+(:meth:`TokenShardWriter.finish`) and deletes them, so the finished
+directory is the one a single process writes, byte for byte. A resumed
+export (any number of processes) keeps every shard whose record or
+manifest entry matches its sha256.
+
 ``manifest.json`` holds ``format`` / ``format_version``, the provenance
 (``config_sha256``: the model config after overrides, dumped as sorted
 JSON; ``checkpoint_sha256``; ``dataset_sha256``: the dataset config;
@@ -75,9 +87,12 @@ FORMAT = 'vistok-token-shards'
 FORMAT_VERSION = 1
 MANIFEST_NAME = 'manifest.json'
 SHARD_NAME = 'tokens-{:06d}.tar'
-SHARD_FILE_RE = re.compile(r'^tokens-\d{6}\.tar(\.tmp)?$')
 KEY_FORMAT = '{:08d}'
 TMP_SUFFIX = '.tmp'
+#: suffix of a shard record (``tokens-000003.tar.json``, see above)
+RECORD_SUFFIX = '.json'
+#: shards, shard records and their partial ``.tmp`` files
+SHARD_FILE_RE = re.compile(r'^tokens-(\d{6})\.tar(\.json)?(\.tmp)?$')
 STRUCTURES = ('tensor', 'list', 'tuple')
 #: manifest fields that must match for a resumed export to continue
 IDENTITY_KEYS = ('config_sha256', 'checkpoint_sha256', 'dataset_sha256',
@@ -240,29 +255,40 @@ class TokenShardWriter:
     """Writes the shards of one export into ``out_dir``, resuming a previous
     run of the same export.
 
-    On construction: with ``overwrite`` every shard, leftover ``.tmp`` and
-    the manifest are deleted first. If a manifest exists, its
+    On construction: with ``overwrite`` every shard, shard record, leftover
+    ``.tmp`` and the manifest are deleted first. If a manifest exists, its
     :data:`IDENTITY_KEYS` must equal ``identity`` (else ``ValueError``:
-    tokens of different models / checkpoints / data are never mixed); its
-    complete shards are kept as long as their sha256 matches (from the first
-    missing or damaged one on, shards are written again), and shard or
-    ``.tmp`` files it does not list are deleted (a crash leaves at most a
-    ``.tmp`` or one renamed shard that the manifest does not list yet).
-    Shard files without a manifest are refused.
+    tokens of different models / checkpoints / data are never mixed). Every
+    shard whose manifest entry or shard record (see the module docstring)
+    matches its sha256 is kept; the others are written again, and shard,
+    record or ``.tmp`` files that verify nothing are deleted (a crash leaves
+    ``.tmp`` files, or a renamed shard that nothing lists yet). Shard files
+    without a manifest are refused. The manifest lists the longest run of
+    kept shards from shard 0; kept shards after a gap stay recorded in
+    their shard records until the gap is written.
 
     Args:
         out_dir: export directory (created if needed).
         identity: the :data:`IDENTITY_KEYS` of this export.
         overwrite: start from scratch.
+        shared: several processes write this export: :meth:`write_shard`
+            leaves a shard record next to each shard instead of updating the
+            manifest, and :meth:`finish` (on this process, once every
+            process is done) folds the records into the manifest. Other
+            processes write through :meth:`attach`.
     """
 
-    def __init__(self, out_dir: str, identity: dict, overwrite: bool = False):
+    def __init__(self, out_dir: str, identity: dict, overwrite: bool = False,
+                 shared: bool = False):
         missing = [k for k in IDENTITY_KEYS if k not in identity]
         if missing:
             raise ValueError(f'identity lacks the fields {missing}')
-        self.out_dir = out_dir
+        self.out_dir, self.shared = out_dir, shared
         self.manifest_path = osp.join(out_dir, MANIFEST_NAME)
         self.dtype = np.dtype(identity['dtype'])
+        #: shard id -> record of the kept / written shards the manifest
+        #: does not list yet
+        self.recorded = {}
         os.makedirs(out_dir, exist_ok=True)
         if overwrite:
             self._remove_shard_files(keep=())
@@ -281,9 +307,28 @@ class TokenShardWriter:
                 **{k: identity.get(k) for k in OPTIONAL_IDENTITY_KEYS},
                 structure=None, levels=None, sequence=None, shards=[],
                 complete=identity['num_samples'] == 0)
-        self._remove_shard_files(
-            keep={shard['name'] for shard in self.manifest['shards']})
+        self._collect_records()
+        self._fold_records()
+        keep = {shard['name'] for shard in self.manifest['shards']}
+        for record in self.recorded.values():
+            keep.update((record['name'], record['name'] + RECORD_SUFFIX))
+        self._remove_shard_files(keep=keep)
         self._save()
+
+    @classmethod
+    def attach(cls, out_dir: str, manifest: dict,
+               recorded: dict) -> 'TokenShardWriter':
+        """A writer for another process of a ``shared`` export: the
+        ``manifest`` and ``recorded`` shards of the writer that rank 0
+        constructed (it verified the directory; broadcast them). It writes
+        shards and their records, never the manifest."""
+        writer = cls.__new__(cls)
+        writer.out_dir, writer.shared = out_dir, True
+        writer.manifest_path = osp.join(out_dir, MANIFEST_NAME)
+        writer.dtype = np.dtype(manifest['dtype'])
+        writer.manifest = json.loads(json.dumps(manifest))  # a copy
+        writer.recorded = {int(k): v for k, v in recorded.items()}
+        return writer
 
     @property
     def num_shards(self) -> int:
@@ -291,15 +336,22 @@ class TokenShardWriter:
 
     @property
     def next_sample(self) -> int:
-        """Position of the first sample not in a complete shard."""
+        """Position of the first sample not in a listed shard."""
         shards = self.manifest['shards']
         return shards[-1]['stop'] if shards else 0
 
-    def pending_shards(self) -> Iterator[Tuple[int, int, int]]:
-        """``(shard_id, start, stop)`` of the shards still to write."""
+    def shard_range(self, shard_id: int) -> Tuple[int, int]:
+        """``(start, stop)``: shard ``shard_id`` holds samples ``start ..
+        stop - 1``."""
         size, total = self.manifest['shard_size'], self.manifest['num_samples']
+        return shard_id * size, min((shard_id + 1) * size, total)
+
+    def pending_shards(self) -> Iterator[Tuple[int, int, int]]:
+        """``(shard_id, start, stop)`` of the shards still to write, in
+        order."""
         for k in range(len(self.manifest['shards']), self.num_shards):
-            yield k, k * size, min((k + 1) * size, total)
+            if k not in self.recorded:
+                yield (k, *self.shard_range(k))
 
     def _shard_files(self) -> List[str]:
         return sorted(name for name in os.listdir(self.out_dir)
@@ -314,6 +366,10 @@ class TokenShardWriter:
         write_text_atomic(json.dumps(self.manifest, indent=1),
                           self.manifest_path)
 
+    def _verified(self, shard: dict) -> bool:
+        path = osp.join(self.out_dir, shard['name'])
+        return osp.isfile(path) and sha256_file(path) == shard['sha256']
+
     def _resume(self, identity: dict) -> dict:
         manifest = load_manifest(self.out_dir)
         differ = [
@@ -326,41 +382,121 @@ class TokenShardWriter:
                 + '; '.join(differ) + '); refusing to mix tokens: choose a '
                 'new --out or pass --overwrite')
         kept = []
-        for shard in manifest['shards']:
-            path = osp.join(self.out_dir, shard['name'])
-            if not osp.isfile(path) or sha256_file(path) != shard['sha256']:
-                warnings.warn(f'{path} is missing or does not match its '
-                              f'sha256 in the manifest: rewriting it and the '
-                              f'shards after it')
+        for k, shard in enumerate(manifest['shards']):
+            if not self._verified(shard):
+                warnings.warn(f'{osp.join(self.out_dir, shard["name"])} is '
+                              f'missing or does not match its sha256 in the '
+                              f'manifest: rewriting it')
+                # the verified shards after it move to shard records
+                for later in manifest['shards'][k + 1:]:
+                    if self._verified(later):
+                        self._write_record(dict(
+                            later, structure=manifest['structure'],
+                            levels=manifest['levels'],
+                            sequence=manifest.get('sequence')))
                 break
             kept.append(shard)
         manifest['shards'] = kept
         manifest['complete'] = len(kept) == num_shards(manifest)
         return manifest
 
-    def _check_levels(self, structure: str, samples: Sequence[dict]) -> None:
-        """Record the structure and per-level shapes at the first shard;
-        later samples must match them."""
-        first = samples[0]['levels']
-        levels = [dict(name=name, shape=list(level.shape)) for name, level
-                  in zip(level_names(structure, len(first)), first)]
+    def _write_record(self, record: dict) -> None:
+        """Write the shard record of ``record['name']`` and remember it."""
+        _write_bytes_atomic(
+            json.dumps(record, indent=1).encode(),
+            osp.join(self.out_dir, record['name'] + RECORD_SUFFIX))
+        self.recorded[int(SHARD_FILE_RE.match(record['name']).group(1))] = (
+            record)
+
+    def _collect_records(self) -> None:
+        """Add the shard records on disk that verify (shard beyond the
+        manifest's list, entry as expected, sha256 of the shard) to
+        :attr:`recorded`; the others are left for deletion."""
+        listed = len(self.manifest['shards'])
+        for name in self._shard_files():
+            match = SHARD_FILE_RE.match(name)
+            shard_id = int(match.group(1))
+            if (not match.group(2) or match.group(3) or shard_id < listed
+                    or shard_id in self.recorded):
+                continue
+            path = osp.join(self.out_dir, name)
+            try:
+                with open(path) as f:
+                    record = json.load(f)
+            except (ValueError, UnicodeDecodeError):
+                record = None
+            start, stop = self.shard_range(shard_id)
+            expected = dict(name=SHARD_NAME.format(shard_id), start=start,
+                            stop=stop)
+            if (isinstance(record, dict) and shard_id < self.num_shards
+                    and all(record.get(k) == v for k, v in expected.items())
+                    and isinstance(record.get('sha256'), str)
+                    and self._verified(record)):
+                self.recorded[shard_id] = record
+            else:
+                warnings.warn(f'{path} does not verify its shard: rewriting '
+                              f'{expected["name"]}')
+
+    def _fold_records(self) -> None:
+        """Move the recorded shards that continue the manifest's list into
+        it (checking that they store the export's structure)."""
+        shards = self.manifest['shards']
+        while len(shards) in self.recorded:
+            record = self.recorded.pop(len(shards))
+            self._set_layout(record['structure'], record['levels'],
+                             record.get('sequence'), record['name'])
+            shards.append({k: record[k]
+                           for k in ('name', 'start', 'stop', 'sha256')})
+        self.manifest['complete'] = len(shards) == self.num_shards
+
+    def _set_layout(self, structure: str, levels: List[dict],
+                    sequence: Optional[dict], what: str) -> None:
+        """Record the structure, levels and sequence layout of the export at
+        its first shard; later shards (``what``) must match them."""
         if self.manifest['structure'] is None:
             self.manifest['structure'], self.manifest['levels'] = (structure,
                                                                    levels)
-        expected = [tuple(level['shape']) for level in self.manifest['levels']]
+        if self.manifest.get('sequence') is None and sequence is not None:
+            self.manifest['sequence'] = sequence
+        layout = (structure, levels, sequence)
+        expected = (self.manifest['structure'], self.manifest['levels'],
+                    self.manifest.get('sequence'))
+        if layout != expected:
+            raise ValueError(
+                f'{what} stores {structure} indices of levels {levels} '
+                f'(sequence layout {sequence}), the export has '
+                f'{expected[0]} indices of levels {expected[1]} (sequence '
+                f'layout {expected[2]}): every sample must give the same '
+                f'token grid (use a fixed-size pipeline)')
+
+    def _remove_folded_records(self) -> None:
+        """Delete the shard records of the shards the manifest lists (call
+        after :meth:`_save`: until then the records keep them)."""
+        for shard in self.manifest['shards']:
+            path = osp.join(self.out_dir, shard['name'] + RECORD_SUFFIX)
+            if osp.exists(path):
+                os.remove(path)
+
+    def _levels_of(self, structure: str, samples: Sequence[dict]) -> list:
+        """The ``[{'name', 'shape'}]`` of the samples of one shard, which
+        must all have the same shapes."""
+        first = samples[0]['levels']
+        levels = [dict(name=name, shape=list(level.shape)) for name, level
+                  in zip(level_names(structure, len(first)), first)]
+        expected = [tuple(level['shape']) for level in levels]
         for sample in samples:
             shapes = [tuple(level.shape) for level in sample['levels']]
-            if structure != self.manifest['structure'] or shapes != expected:
+            if shapes != expected:
                 raise ValueError(
                     f'sample {sample["position"]} has {structure} indices of '
-                    f'shapes {shapes}, the export has '
-                    f'{self.manifest["structure"]} indices of shapes '
-                    f'{expected}: every sample must give the same token '
-                    f'grid (use a fixed-size pipeline)')
+                    f'shapes {shapes}, the export has {structure} indices of '
+                    f'shapes {expected}: every sample must give the same '
+                    f'token grid (use a fixed-size pipeline)')
+        return levels
 
-    def _check_sequence(self, sequence: Optional[dict]) -> None:
-        """Record the index layout of flat sequences at the first shard;
-        later shards must match it."""
+    def _check_sequence(self, sequence: Optional[dict]) -> Optional[dict]:
+        """The index layout of flat sequences as the manifest stores it
+        (None without ``token_order``)."""
         flat = self.manifest.get('token_order') is not None
         if flat != (sequence is not None):
             raise ValueError(
@@ -369,16 +505,9 @@ class TokenShardWriter:
                 f'a sequence layout exactly when token_order is set, got '
                 f'{sequence!r}')
         if not flat:
-            return
-        sequence = dict(structure=sequence['structure'],
-                        shapes=[list(s) for s in sequence['shapes']])
-        if self.manifest.get('sequence') is None:
-            self.manifest['sequence'] = sequence
-        if sequence != self.manifest['sequence']:
-            raise ValueError(
-                f'the sequences encode {sequence}, the export has '
-                f'{self.manifest["sequence"]}: every sample must give the '
-                f'same token grid (use a fixed-size pipeline)')
+            return None
+        return dict(structure=sequence['structure'],
+                    shapes=[list(s) for s in sequence['shapes']])
 
     def _check_ids(self, array: np.ndarray, position: int) -> None:
         low = np.iinfo(self.dtype).min
@@ -394,7 +523,9 @@ class TokenShardWriter:
     def write_shard(self, shard_id: int, structure: str,
                     samples: Sequence[dict],
                     sequence: Optional[dict] = None) -> None:
-        """Write shard ``shard_id`` (the next pending one) and record it.
+        """Write shard ``shard_id`` and record it: in the manifest (it must
+        be the next pending shard) or, ``shared``, in its shard record (any
+        pending shard).
 
         Args:
             shard_id: index of the shard.
@@ -408,24 +539,28 @@ class TokenShardWriter:
                 'shapes'}`` of each sequence (see the module docstring);
                 ``None`` otherwise.
         """
-        pending = next(self.pending_shards(), None)
-        if pending is None or pending[0] != shard_id:
-            raise ValueError(f'shard {shard_id} is not the next pending '
-                             f'shard {pending}')
-        _, start, stop = pending
+        pending = [k for k, _, _ in self.pending_shards()]
+        allowed = pending if self.shared else pending[:1]
+        if shard_id not in allowed:
+            raise ValueError(f'shard {shard_id} is not '
+                             f'{"a" if self.shared else "the next"} pending '
+                             f'shard (pending: {pending[:5]}...)')
+        start, stop = self.shard_range(shard_id)
         positions = [sample['position'] for sample in samples]
         if positions != list(range(start, stop)):
             raise ValueError(f'shard {shard_id} must hold samples {start}..'
                              f'{stop - 1} in order, got {positions[:3]}...')
-        self._check_levels(structure, samples)
-        self._check_sequence(sequence)
-        names = [level['name'] for level in self.manifest['levels']]
+        name = SHARD_NAME.format(shard_id)
+        levels = self._levels_of(structure, samples)
+        sequence = self._check_sequence(sequence)
+        self._set_layout(structure, levels, sequence, name)
         members = []
         for sample in samples:
             key = KEY_FORMAT.format(sample['position'])
-            for name, level in zip(names, sample['levels']):
+            for level_name, level in zip(
+                    [level['name'] for level in levels], sample['levels']):
                 self._check_ids(level, sample['position'])
-                members.append((f'{key}.{name}.npy',
+                members.append((f'{key}.{level_name}.npy',
                                 _npy_bytes(level.astype(self.dtype))))
             for ext, field in ((SAMPLE_IDX_EXT, 'sample_idx'),
                                (LABEL_EXT, 'gt_label')):
@@ -433,14 +568,40 @@ class TokenShardWriter:
                     members.append((f'{key}.{ext}',
                                     str(int(sample[field])).encode()))
         data = _tar_bytes(members)
-        name = SHARD_NAME.format(shard_id)
         _write_bytes_atomic(data, osp.join(self.out_dir, name))
-        self.manifest['shards'].append(
-            dict(name=name, start=start, stop=stop,
-                 sha256=hashlib.sha256(data).hexdigest()))
-        self.manifest['complete'] = len(
-            self.manifest['shards']) == self.num_shards
+        record = dict(name=name, start=start, stop=stop,
+                      sha256=hashlib.sha256(data).hexdigest(),
+                      structure=structure, levels=levels, sequence=sequence)
+        if self.shared:
+            self._write_record(record)
+            return
+        self.recorded[shard_id] = record
+        self._fold_records()
         self._save()
+        self._remove_folded_records()
+
+    def finish(self) -> dict:
+        """Fold every shard record into the manifest and save it; returns
+        the manifest. With ``shared``, call it on the process that
+        constructed the writer once every process has written its shards:
+        the records of the others are verified (sha256) first. Raises
+        ``RuntimeError`` naming the missing shards when the export is not
+        complete (the manifest then lists what is done: re-run to
+        resume)."""
+        self._collect_records()
+        self._fold_records()
+        self._save()
+        self._remove_folded_records()
+        if not self.manifest['complete']:
+            missing = [SHARD_NAME.format(k)
+                       for k, _, _ in self.pending_shards()]
+            raise RuntimeError(
+                f'{self.out_dir} is incomplete: {len(missing)} shards are '
+                f'missing (e.g. {missing[:5]}), a process failed before '
+                f'writing them; re-run the same command to write them (the '
+                f'kept shards are not recomputed)')
+        return self.manifest
+
 
 
 @DATASETS.register_module()
