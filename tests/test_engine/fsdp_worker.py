@@ -12,12 +12,17 @@ Runs (5 iterations, checkpoints every 3):
   sharded / with vistok's gradient-averaging wrapper, adaptive weight and
   LeCam off (they are non-linear in per-rank statistics), the
   discriminator active from the start; 2 x batch 4;
+* ``tok_fsdp_ac``: ``tok_fsdp`` with activation checkpointing;
+* ``tok_fsdp_accum`` / ``tok_ddp_accum``: 2 ranks x 2 micro-batches of 2
+  accumulated per update of both optimizers;
 * ``tok_fsdp_resumed``: the FSDP run killed after iteration 4, then
   resumed with ``--resume auto`` (from ``iter_3.dcp``) to 5;
 * ``gan_fsdp`` / ``gan_ddp``: the tiny TiTok GAN as configured (adaptive
   weight and LeCam on, discriminator from iteration 3);
 * ``seg_fsdp`` / ``seg_ddp``: the tiny EMmamba affinity segmentor (FSDP
   units named in the config: ``EMMambaLayer``); 2 x batch 2;
+* ``seg_fsdp_bf16``: the same sharded, computing in bfloat16
+  (``param_dtype``, float32 reduction) with activation checkpointing;
 * ``tok_fsdp_test``: ``tools/test.py``'s path on the FSDP config, 2 ranks:
   ``iter_5.dcp`` of ``tok_fsdp`` loaded (``load_from``) and tested; the
   metrics are written to ``OUT/tok_fsdp_test/metrics.json``;
@@ -62,8 +67,16 @@ EXACT_SEG = {'optim_wrapper.optimizer.eps': 1e-3,
              'optim_wrapper.optimizer.lr': 5e-5}
 SEG_FSDP = {'model_wrapper_cfg': dict(type='FullyShardWrapper',
                                       block_types=['EMMambaLayer'])}
+#: 2 micro-batches of 2 per rank and update, both optimizers
+ACCUMULATE = {'train_dataloader.batch_size': 2,
+              'optim_wrapper.generator.accumulative_counts': 2,
+              'optim_wrapper.discriminator.accumulative_counts': 2}
 RUNS = {
     'tok_fsdp': (TOKENIZER, dict(EXACT_GAN, **FSDP)),
+    'tok_fsdp_ac': (TOKENIZER, dict(EXACT_GAN, model_wrapper_cfg=dict(
+        type='FullyShardWrapper', activation_checkpointing=True))),
+    'tok_fsdp_accum': (TOKENIZER, dict(EXACT_GAN, **FSDP, **ACCUMULATE)),
+    'tok_ddp_accum': (TOKENIZER, dict(EXACT_GAN, **ACCUMULATE)),
     'tok_ddp': (TOKENIZER, EXACT_GAN),
     'gan_fsdp': (TOKENIZER, FSDP),
     'gan_ddp': (TOKENIZER, {}),
@@ -71,6 +84,12 @@ RUNS = {
                                  **{'train_dataloader.batch_size': 2})),
     'seg_ddp': (SEGMENTOR, dict(EXACT_SEG,
                                 **{'train_dataloader.batch_size': 2})),
+    'seg_fsdp_bf16': (SEGMENTOR, dict(
+        EXACT_SEG, model_wrapper_cfg=dict(
+            type='FullyShardWrapper', block_types=['EMMambaLayer'],
+            param_dtype='bfloat16', reduce_dtype='float32',
+            activation_checkpointing=True),
+        **{'train_dataloader.batch_size': 2})),
 }
 
 

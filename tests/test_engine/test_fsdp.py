@@ -150,6 +150,39 @@ def test_gan_with_adaptive_weight_fsdp_equals_ddp(launched):
     assert losses(ddp_dir)['5']['loss_gan'] != 0  # the GAN trained
 
 
+def test_activation_checkpointing_recomputes_the_same_step(launched):
+    """Recomputing each block in the backward pass changes no result."""
+    assert_same_weights(consolidate(launched / 'tok_fsdp_ac' / 'iter_5.dcp'),
+                        consolidate(launched / 'tok_fsdp' / 'iter_5.dcp'))
+
+
+def test_gradient_accumulation_under_fsdp_equals_ddp(launched):
+    """2 ranks x 2 accumulated micro-batches of 2, both optimizers with
+    clipping: FSDP's reduce-scatter per micro-batch equals vistok's
+    all-reduce at the window's end."""
+    fsdp_dir, ddp_dir = launched / 'tok_fsdp_accum', launched / 'tok_ddp_accum'
+    ddp = load_checkpoint_file(ddp_dir / 'iter_5.pth')['state_dict']
+    assert_same_weights(consolidate(fsdp_dir / 'iter_5.dcp'), ddp)
+    assert_same_losses(losses(fsdp_dir), losses(ddp_dir),
+                       ['loss', 'disc_loss_total'])
+
+
+def test_bf16_compute_keeps_float32_shards_and_trains(launched):
+    """param_dtype='bfloat16': the sharded (checkpointed) weights stay
+    float32 and the losses follow the float32 run to bf16 precision."""
+    metadata = read_metadata(launched / 'seg_fsdp_bf16' / 'iter_5.dcp')
+    dtypes = {entry.properties.dtype
+              for key, entry in metadata.state_dict_metadata.items()
+              if key.startswith('model.') and 'weight' in key}
+    assert dtypes == {torch.float32}
+    bf16, fp32 = (losses(launched / name)
+                  for name in ('seg_fsdp_bf16', 'seg_fsdp'))
+    for it in fp32:
+        assert bf16[it]['loss'] == pytest.approx(fp32[it]['loss'],
+                                                 rel=2e-2), it
+    assert bf16['5']['loss'] != fp32['5']['loss']  # really in bfloat16
+
+
 def test_kill_and_resume_under_fsdp_is_bit_identical(launched):
     """Killed after iteration 4, resumed with --resume auto from
     iter_3.dcp on 2 ranks: every tensor of iter_5.dcp (model, EMA,

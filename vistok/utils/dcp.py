@@ -183,6 +183,20 @@ def check_complete(path) -> dict:
     return load_checkpoint_file(extra, map_location='cpu')
 
 
+def _map_leaves(node, path: str, leaf):
+    """``node`` (nested dicts / lists / tuples) with every leaf replaced by
+    ``leaf(value, dotted_path)``."""
+    if isinstance(node, dict):
+        return type(node)(
+            (k, _map_leaves(v, f'{path}.{k}' if path else str(k), leaf))
+            for k, v in node.items())
+    if isinstance(node, (list, tuple)):
+        items = [_map_leaves(v, f'{path}.{i}' if path else str(i), leaf)
+                 for i, v in enumerate(node)]
+        return items if isinstance(node, list) else tuple(items)
+    return leaf(node, path)
+
+
 def split_tensors(tree, prefix: str = ''
                   ) -> Tuple[object, Dict[str, torch.Tensor]]:
     """``(skeleton, tensors)``: ``tree`` (nested dicts / lists / tuples)
@@ -190,40 +204,22 @@ def split_tensors(tree, prefix: str = ''
     dotted key path."""
     tensors: Dict[str, torch.Tensor] = {}
 
-    def walk(node, path):
-        if isinstance(node, torch.Tensor):
-            tensors[path] = node
+    def take(value, path):
+        if isinstance(value, torch.Tensor):
+            tensors[path] = value
             return SHARDED
-        if isinstance(node, dict):
-            return type(node)((k, walk(v, f'{path}.{k}' if path else str(k)))
-                              for k, v in node.items())
-        if isinstance(node, (list, tuple)):
-            items = [walk(v, f'{path}.{i}' if path else str(i))
-                     for i, v in enumerate(node)]
-            return items if isinstance(node, list) else tuple(items)
-        return node
+        return value
 
-    return walk(tree, prefix), tensors
+    return _map_leaves(tree, prefix, take), tensors
 
 
 def merge_tensors(skeleton, tensors: Dict[str, torch.Tensor],
                   prefix: str = ''):
     """Inverse of :func:`split_tensors`; a placeholder without a tensor is
     a ``KeyError`` naming its path."""
-
-    def walk(node, path):
-        if isinstance(node, str) and node == SHARDED:
-            return tensors[path]
-        if isinstance(node, dict):
-            return type(node)((k, walk(v, f'{path}.{k}' if path else str(k)))
-                              for k, v in node.items())
-        if isinstance(node, (list, tuple)):
-            items = [walk(v, f'{path}.{i}' if path else str(i))
-                     for i, v in enumerate(node)]
-            return items if isinstance(node, list) else tuple(items)
-        return node
-
-    return walk(skeleton, prefix)
+    return _map_leaves(
+        skeleton, prefix, lambda value, path: tensors[path]
+        if isinstance(value, str) and value == SHARDED else value)
 
 
 def _barrier() -> None:
