@@ -107,7 +107,11 @@ def test_plan_of_emmamba_huge_shards_its_eight_mamba_layers():
     layers = [n for n, m in model.named_modules()
               if type(m).__name__ == 'EMMambaLayer']
     assert len(layers) == 8  # depths (2, 2, 2, 2)
-    assert sorted(plan.blocks) == sorted(layers)
+    # and the decoder's MONAI blocks: 5 skip blocks, 4 up blocks, decoder1
+    monai = [n for n, m in model.named_modules()
+             if type(m).__name__ in ('UnetrBasicBlock', 'UnetrUpBlock')]
+    assert len(monai) == 10
+    assert sorted(plan.blocks) == sorted(layers + monai)
     assert plan.parts == ['backbone', 'next_token_head']
     assert (plan.replicated, plan.frozen, plan.root) == ([], [], False)
 

@@ -381,3 +381,7 @@ def test_plan_of_the_tiny_transformer_gan():
         plan_fully_shard(model, block_types=['Blokc'])
     with pytest.raises(RuntimeError, match='dist_train.sh'):
         FullyShardWrapper(model)
+    with pytest.raises(ValueError, match='offload_params.*no GPU'):
+        FullyShardWrapper(model, offload_params=True)
+    with pytest.raises(ValueError, match='param_dtype must be one of'):
+        FullyShardWrapper(model, param_dtype='bf16')

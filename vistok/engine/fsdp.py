@@ -288,18 +288,18 @@ class FullyShardWrapper(nn.Module):
                  offload_params: bool = False,
                  reshard_after_forward: bool = True):
         super().__init__()
+        self.param_dtype = _dtype(param_dtype, 'param_dtype')
+        self.reduce_dtype = _dtype(reduce_dtype, 'reduce_dtype')
+        if offload_params and not torch.cuda.is_available():
+            raise ValueError('model_wrapper_cfg.offload_params=True keeps '
+                             'the shards in CPU memory between uses of the '
+                             'GPU: there is no GPU on this machine')
         if not is_distributed():
             raise RuntimeError(
                 'FullyShardWrapper needs a process group of more than one '
                 'rank: start the job with tools/dist_train.sh or '
                 'tools/slurm_train.sh (a single process trains unwrapped)')
-        if offload_params and not torch.cuda.is_available():
-            raise ValueError('model_wrapper_cfg.offload_params=True keeps '
-                             'the shards in CPU memory between uses of the '
-                             'GPU: there is no GPU on this machine')
         self.plan = plan_fully_shard(module, block_types, replicate)
-        self.param_dtype = _dtype(param_dtype, 'param_dtype')
-        self.reduce_dtype = _dtype(reduce_dtype, 'reduce_dtype')
         self.activation_checkpointing = activation_checkpointing
         self.offload_params = offload_params
         self.reshard_after_forward = reshard_after_forward

@@ -269,8 +269,9 @@ class TokenUnifyPretrainer(BaseModel):
         init_cfg: mmengine weight-initialisation config.
     """
 
-    #: FSDP units (``vistok.engine.fsdp``): the Mamba layers
-    FSDP_BLOCK_TYPES = ('EMMambaLayer', )
+    #: FSDP units (``vistok.engine.fsdp``): the Mamba layers and the
+    #: decoder's MONAI blocks (else the decoder is one large unit)
+    FSDP_BLOCK_TYPES = ('EMMambaLayer', 'UnetrBasicBlock', 'UnetrUpBlock')
 
 
     #: ``train_step`` averages gradients over ranks itself
