@@ -26,11 +26,15 @@ Runs (5 iterations, checkpoints every 3):
 * ``tok_fsdp_test``: ``tools/test.py``'s path on the FSDP config, 2 ranks:
   ``iter_5.dcp`` of ``tok_fsdp`` loaded (``load_from``) and tested; the
   metrics are written to ``OUT/tok_fsdp_test/metrics.json``;
-* ``seg_one`` (``--single``): the segmentor in one process with batch 4,
-  started like the torchrun processes (``OMP_NUM_THREADS=1``): oneDNN picks
-  its 3-D convolution kernels by the thread count the process starts with,
-  so a reference computed in a process started with more threads differs
-  by ~3e-5 after 5 steps even at one thread.
+* ``var_fsdp`` (no Runner): a tiny VAR generator, whose own position
+  embeddings make FSDP shard the generator itself last (its forward is one
+  call), 3 Adam steps on a fixed batch of 8 token maps split over the
+  ranks; its full weights are written to ``OUT/var_fsdp.pth``;
+* ``seg_one``, ``var_one`` (``--single``): the segmentor in one process
+  with batch 4 and the tiny VAR with the whole batch, started like the
+  torchrun processes (``OMP_NUM_THREADS=1``): oneDNN picks its convolution
+  kernels by the thread count a process starts with, so references are
+  computed in such a process.
 """
 import json
 import os.path as osp
@@ -142,6 +146,50 @@ def train(out, name, config, options, crash_after=None, resume=None,
         torch_dist.barrier()
 
 
+#: the tiny VAR: scales (1, 2, 3), 16 codes, 2 blocks of width 32
+VAR = dict(type='VARGenerator', patch_nums=(1, 2, 3), num_classes=4,
+           depth=2, embed_dim=32, num_heads=2, class_dropout_prob=0.0,
+           init_adaln_gamma=0.5, init_head=1.0,
+           quantizer=dict(type='MultiScaleResidualQuantizer',
+                          scales=(1, 2, 3), num_phi=2,
+                          quantizer=dict(type='VectorQuantizer',
+                                         codebook_size=16, embed_dim=4,
+                                         use_l2_norm=True)))
+
+
+def train_var(out, name, steps=3, batch=8):
+    """``var_fsdp`` (in a process group) or ``var_one`` (without): see the
+    module docstring."""
+    from mmengine.registry import init_default_scope
+
+    from vistok.engine.fsdp import FullyShardWrapper
+    from vistok.registry import MODELS
+    init_default_scope('vistok')
+    torch.manual_seed(0)
+    model = MODELS.build(VAR)
+    generator = torch.Generator().manual_seed(1)
+    tokens = [torch.randint(0, 16, (batch, s, s), generator=generator)
+              for s in (1, 2, 3)]
+    labels = torch.randint(0, 4, (batch, ), generator=generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    if torch_dist.is_initialized():
+        wrapper = FullyShardWrapper(model)
+        assert wrapper.plan.root  # the case this run is for
+        wrapper.shard(init_weights=False, optimizers=[optimizer])
+        rank, size = torch_dist.get_rank(), torch_dist.get_world_size()
+        part = slice(rank * batch // size, (rank + 1) * batch // size)
+        tokens, labels = [t[part] for t in tokens], labels[part]
+    for _ in range(steps):
+        loss = model(tokens, labels, mode='loss')['loss_ce']
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    state = {k: v.full_tensor() if hasattr(v, 'full_tensor') else v
+             for k, v in model.state_dict().items()}
+    if not torch_dist.is_initialized() or torch_dist.get_rank() == 0:
+        torch.save(state, osp.join(out, f'{name}.pth'))
+
+
 def test(out, name, config, options, checkpoint, launcher='pytorch'):
     """Test ``checkpoint`` as ``tools/test.py`` does; the metrics go to
     ``OUT/<name>/metrics.json``."""
@@ -163,6 +211,7 @@ def main(out):
     train(out, 'tok_fsdp_resumed', config, options, resume='auto')
     test(out, 'tok_fsdp_test', config, options,
          osp.join(out, 'tok_fsdp', 'iter_5.dcp'))
+    train_var(out, 'var_fsdp')
 
 
 if __name__ == '__main__':
@@ -170,5 +219,6 @@ if __name__ == '__main__':
         train(sys.argv[1], 'seg_one', SEGMENTOR,
               dict(EXACT_SEG, **{'train_dataloader.batch_size': 4}),
               launcher='none')
+        train_var(sys.argv[1], 'var_one')
     else:
         main(sys.argv[1])

@@ -139,6 +139,15 @@ def test_fsdp_two_ranks_match_one_process_and_ddp(launched, kind,
     assert len(metadata.state_dict_metadata[block].chunks) == 2, block
 
 
+def test_var_sharded_with_its_own_parameters_matches_one_process(launched):
+    """A generator holding parameters itself (VAR's position embeddings) is
+    sharded last as a whole; 3 steps on 2 x 4 token maps equal 1 x 8."""
+    two = torch.load(launched / 'var_fsdp.pth')
+    one = torch.load(launched / 'var_one.pth')
+    assert_same_weights(two, one)
+    assert 'pos_start' in one
+
+
 def test_gan_with_adaptive_weight_fsdp_equals_ddp(launched):
     """With the adaptive GAN weight (gradients at the last layer, read
     outside its unit's forward) and LeCam, FSDP reproduces the DDP run."""

@@ -98,7 +98,8 @@ class FullyShardPlan:
     Attributes:
         blocks: block units, in the order they are sharded (inner first).
         parts: top-level parts sharded as roots of their units (after
-            their blocks).
+            their blocks); a container part (``ModuleList``) is rooted by
+            its children.
         ema_blocks / ema_parts: the same for the EMA copy
             (``ema.<part>...``).
         replicated: trainable top-level parts kept whole on every rank.
@@ -192,6 +193,7 @@ def plan_fully_shard(model: nn.Module,
 
     plan = FullyShardPlan()
     ema = _ema_of(model)
+    roots = {}  # sharded top-level part -> its part roots
     for name, child in children.items():
         if child is ema:
             continue
@@ -201,17 +203,19 @@ def plan_fully_shard(model: nn.Module,
         elif name in replicate:
             plan.replicated.append(name)
         else:
-            plan.blocks += _block_names(child, name, block_types)
-            plan.parts.append(name)
+            blocks = _block_names(child, name, block_types)
+            plan.blocks += blocks
+            roots[name] = _part_roots(child, name, set(blocks))
+            plan.parts += roots[name]
     plan.root_params = [name for name, p in model.named_parameters(
         recurse=False) if p.requires_grad]
     if ema is not None:
         for name, copy in ema.named_children():
-            if name in plan.parts:
+            if name in roots:
                 live = set(_block_names(children[name], name, block_types))
                 plan.ema_blocks += [f'ema.{block}' for block in
                                     _ema_blocks(copy, name, live)]
-                plan.ema_parts.append(f'ema.{name}')
+                plan.ema_parts += [f'ema.{root}' for root in roots[name]]
     if (plan.root_params and not plan.replicated
             and not getattr(model, 'syncs_gradients', False)):
         plan.root = True  # its own parameters sharded with it, last
@@ -231,6 +235,21 @@ def plan_fully_shard(model: nn.Module,
             f'sharded: replicated parts {plan.replicated}, root parameters '
             f'{plan.root_params}')
     return plan
+
+
+def _part_roots(part: nn.Module, name: str, blocks: set) -> List[str]:
+    """The modules that root the units of the sharded part ``name``: the
+    part itself, or, for a container without a forward (``ModuleList`` /
+    ``ModuleDict``, e.g. VAR's ``blocks``), its trainable children that are
+    not blocks already, recursively (``fully_shard`` needs a forward)."""
+    if not isinstance(part, (nn.ModuleList, nn.ModuleDict)):
+        return [name]
+    found = []
+    for key, child in part.named_children():
+        qualified = f'{name}.{key}'
+        if qualified not in blocks and _trainable(child):
+            found += _part_roots(child, qualified, blocks)
+    return found
 
 
 def _ema_blocks(copy: nn.Module, prefix: str, live: set) -> List[str]:
