@@ -176,14 +176,13 @@ def _unit_of(name: str, plan: Optional[FullyShardPlan]) -> bool:
     """Whether the parameter ``name`` is sharded under ``plan``."""
     if plan is None:
         return False
-    top = name.split('.')[0]
-    if top == 'ema':
-        return '.'.join(name.split('.')[:2]) in plan.ema_parts
-    if top in plan.parts:
+    units = plan.blocks + plan.parts + plan.ema_blocks + plan.ema_parts
+    if any(name.startswith(unit + '.') for unit in units):
         return True
-    if top in plan.replicated or top in plan.frozen:
+    top = name.split('.')[0]
+    if top == 'ema' or top in plan.replicated or top in plan.frozen:
         return False
-    return plan.root  # the algorithm's own parameters
+    return plan.root  # the algorithm's own parameters, sharded with it
 
 
 def _numel_per_rank(param: torch.Tensor, sharded: bool,
